@@ -1,0 +1,206 @@
+"""`llm-jax bench`: tokens/s and MFU of a config's real train step on synthetic tokens.
+
+The framework step is the one `llm-jax train` runs (same state, shardings, optimizer). On CPU
+the benchmark also times a reference: the same GPT and optimizer written as plain JAX functions
+over a dict of arrays, jitted with donation. Their ratio is the framework's overhead. Both are
+timed in this process, alternately, one step at a time after warm-up; we report medians.
+"""
+
+import math
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from llm_jax import config as config_lib
+from llm_jax import models, perf, sharding
+from llm_jax.data import CharTokenizer, corpus
+from llm_jax.train import loop, optim
+
+
+def reference_params(model_cfg, key):
+  """GPT-2 parameters as a plain dict (same shapes and init as llm_jax.models.gpt)."""
+  d, n, L, V = model_cfg.n_embd, model_cfg.n_head, model_cfg.n_layer, model_cfg.vocab_size
+  h, m, proj_std = d // n, model_cfg.mlp_ratio * d, 0.02 / math.sqrt(2 * L)
+  keys = iter(jax.random.split(key, 2 + 4 * L))
+  normal = lambda shape, std=0.02: std * jax.random.normal(next(keys), shape)
+  layer = lambda: dict(
+    ln1=(jnp.ones(d), jnp.zeros(d)),
+    ln2=(jnp.ones(d), jnp.zeros(d)),
+    qkv=(normal((d, 3, n, h)), jnp.zeros((3, n, h))),
+    proj=(normal((n, h, d), proj_std), jnp.zeros(d)),
+    fc=(normal((d, m)), jnp.zeros(m)),
+    out=(normal((m, d), proj_std), jnp.zeros(d)),
+  )
+  return dict(
+    wte=normal((V, d)),
+    wpe=normal((model_cfg.block_size, d)),
+    blocks=[layer() for _ in range(L)],
+    ln_f=(jnp.ones(d), jnp.zeros(d)),
+  )
+
+
+def _layer_norm(x, scale_bias):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale_bias[0] + scale_bias[1]
+
+
+def reference_loss(params, inputs, targets, dtype):
+  """Plain-JAX GPT forward and mean cross-entropy."""
+  c = lambda a: a.astype(dtype)
+  x = c(params['wte'])[inputs] + c(params['wpe'])[: inputs.shape[1]]
+  for p in params['blocks']:
+    qkv = jnp.einsum('btd,dsnh->btsnh', c(_layer_norm(x, p['ln1'])), c(p['qkv'][0])) + c(
+      p['qkv'][1]
+    )
+    y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], is_causal=True)
+    x = x + jnp.einsum('btnh,nhd->btd', y, c(p['proj'][0])) + c(p['proj'][1])
+    hid = jax.nn.gelu(c(_layer_norm(x, p['ln2'])) @ c(p['fc'][0]) + c(p['fc'][1]), approximate=True)
+    x = x + hid @ c(p['out'][0]) + c(p['out'][1])
+  logits = (c(_layer_norm(x, params['ln_f'])) @ c(params['wte']).T).astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def reference_step(cfg, model_cfg):
+  """(params, opt_state, step) for the plain-JAX reference; step donates params and opt_state."""
+  tx = optim.make(cfg.optimizer, cfg.train.steps)
+  params = reference_params(model_cfg, jax.random.key(cfg.train.seed))
+  dtype = jnp.dtype(model_cfg.dtype)
+
+  def step(params, opt_state, inputs, targets):
+    loss, grads = jax.value_and_grad(reference_loss)(params, inputs, targets, dtype)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return params, tx.init(params), jax.jit(step, donate_argnums=(0, 1))
+
+
+def _reference_mismatch(cfg, model_cfg) -> str | None:
+  """Why the plain-JAX reference cannot stand in for this config, or None if it can."""
+  if model_cfg.position != 'learned' or not model_cfg.bias or model_cfg.dropout:
+    return 'the reference is GPT-2 style only: learned positions, biases, no dropout'
+  if cfg.train.grad_accum_steps != 1:
+    return 'the reference does not accumulate gradients'
+  if jax.device_count() != 1:
+    return 'the reference runs on one device'
+  return None
+
+
+def _vocab_size(cfg) -> int:
+  if cfg.model.vocab_size:
+    return cfg.model.vocab_size
+  train_text = corpus.join(corpus.split_plays(corpus.load_plays())[0])
+  return CharTokenizer.from_text(train_text).vocab_size
+
+
+def _peak_memory_bytes() -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None) -> dict:
+  """Benchmark `cfg`'s train step; `reference` defaults to on for CPU when the model matches."""
+  config_lib.validate(cfg, jax.device_count(), jax.default_backend())
+  model_cfg = models.model_config(cfg.model, _vocab_size(cfg))
+  mesh = sharding.make_mesh(cfg.mesh)
+  _, state, train_step, _ = loop.build_steps(cfg, model_cfg, mesh)
+  b, t = cfg.train.batch_size, cfg.data.seq_len
+  tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, (b, t + 1), dtype=np.int32)
+  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
+  inputs, targets = put(tokens[:, :-1]), put(tokens[:, 1:])
+
+  start = time.perf_counter()
+  compiled = train_step.lower(state, inputs, targets).compile()
+  result = {'compile_s': time.perf_counter() - start}
+  live = {'state': state}
+
+  def framework():
+    live['state'], metrics = compiled(live['state'], inputs, targets)
+    return metrics['loss']
+
+  timers = {'framework': framework}
+  mismatch = _reference_mismatch(cfg, model_cfg)
+  if reference is None:
+    reference = jax.default_backend() == 'cpu' and mismatch is None
+  if reference:
+    if mismatch:
+      raise config_lib.ConfigError(f'--reference: {mismatch}')
+    params, opt_state, ref_step = reference_step(cfg, model_cfg)
+    live['ref'] = (params, opt_state)
+
+    def plain_jax():
+      *live['ref'], loss = ref_step(*live['ref'], inputs, targets)
+      return loss
+
+    timers['reference'] = plain_jax
+  for fn in timers.values():
+    for _ in range(warmup):
+      _timed(fn)
+  # Alternate the two so that machine noise lands on both alike.
+  times = {name: [] for name in timers}
+  for _ in range(steps):
+    for name, fn in timers.items():
+      times[name].append(_timed(fn))
+
+  step_s = statistics.median(times['framework'])
+  tps = b * t / step_s
+  result.update(
+    config=dict(
+      n_layer=model_cfg.n_layer,
+      n_embd=model_cfg.n_embd,
+      batch_size=b,
+      seq_len=t,
+      dtype=model_cfg.dtype,
+      vocab_size=model_cfg.vocab_size,
+    ),
+    backend=jax.default_backend(),
+    device_kind=jax.devices()[0].device_kind,
+    num_devices=jax.device_count(),
+    step_s=step_s,
+    tokens_per_sec=tps,
+    flops_per_token=perf.flops_per_token(model_cfg, t),
+    mfu=perf.mfu(tps, model_cfg, t, jax.device_count()),
+    peak_memory_bytes=_peak_memory_bytes(),
+  )
+  if reference:
+    result['reference_step_s'] = statistics.median(times['reference'])
+    result['ratio'] = step_s / result['reference_step_s']
+  else:
+    result['reference_skipped'] = mismatch or 'not requested'
+  return result
+
+
+def format_table(result: dict) -> str:
+  """A human-readable summary of `run`'s result."""
+  mfu = (
+    'unknown (no peak FLOP/s for this device)' if result['mfu'] is None else f'{result["mfu"]:.1%}'
+  )
+  mem = result['peak_memory_bytes']
+  rows = [
+    ('device', f'{result["num_devices"]} × {result["device_kind"]} ({result["backend"]})'),
+    ('model', ', '.join(f'{k}={v}' for k, v in result['config'].items())),
+    ('compile', f'{result["compile_s"]:.2f} s'),
+    ('step time (median)', f'{result["step_s"] * 1e3:.2f} ms'),
+    ('tokens/s', f'{result["tokens_per_sec"]:,.0f}'),
+    ('MFU', mfu),
+    ('peak memory', 'n/a' if mem is None else f'{mem / 2**30:.2f} GiB'),
+  ]
+  if 'ratio' in result:
+    rows += [
+      ('plain-JAX reference step', f'{result["reference_step_s"] * 1e3:.2f} ms'),
+      ('framework / reference', f'{result["ratio"]:.3f}×'),
+    ]
+  else:
+    rows.append(('plain-JAX reference', f'skipped: {result["reference_skipped"]}'))
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)

@@ -1,0 +1,145 @@
+"""`llm-jax COMMAND --config FILE[:ARG] [--config.key=value ...] [flags]`.
+
+Commands: train, bench. Bad input (unknown config key, invalid value, missing file) ends with
+one line on stderr naming the field or file and exit status 2, before anything is compiled.
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+USAGE = """usage: llm-jax COMMAND --config FILE[:ARG] [--config.KEY=VALUE ...] [FLAGS]
+
+commands:
+  train   train a model:     llm-jax train --config configs/gpt_tiny.py --workdir runs/tiny
+  bench   time a train step: llm-jax bench --config configs/gpt_tiny.py [--steps 20]
+"""
+
+
+def _define_flags(argv) -> flags.FlagValues:
+  """A fresh flag set for `argv`, so a failed parse leaves nothing behind."""
+  fv = flags.FlagValues()
+  # config_flags reads `--config.*` overrides from sys.argv unless given the argv explicitly.
+  config_flags.DEFINE_config_file(
+    'config', None, 'Config file, FILE[:ARG].', flag_values=fv, lock_config=True, sys_argv=argv
+  )
+  flags.DEFINE_string(
+    'workdir', None, 'train: run directory (metrics, config, tokenizer).', flag_values=fv
+  )
+  flags.DEFINE_integer('steps', 20, 'bench: timed steps.', flag_values=fv)
+  flags.DEFINE_integer('warmup', 3, 'bench: untimed warm-up steps.', flag_values=fv)
+  flags.DEFINE_enum(
+    'reference',
+    'auto',
+    ['auto', 'on', 'off'],
+    'bench: also time the plain-JAX reference step (auto: on CPU).',
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    'json', None, 'bench: also write the result as JSON to this file.', flag_values=fv
+  )
+  return fv
+
+
+class UsageError(Exception):
+  """Bad command-line input; the message is shown as is."""
+
+
+def _config_path(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+  return None
+
+
+def _parse(argv) -> flags.FlagValues:
+  """Parsed flags with the config loaded; UsageError with one line on any bad input."""
+  path = _config_path(argv)
+  if path is None:
+    raise UsageError('--config FILE is required')
+  file = path.split(':', 1)[0]
+  if not pathlib.Path(file).is_file():
+    raise UsageError(f'config file not found: {file}')
+  fv = _define_flags(argv)
+  try:
+    fv(argv)
+    fv.config  # noqa: B018 -- loads the file and applies overrides now, inside this try
+    return fv
+  except flags.UnrecognizedFlagError as e:
+    name = e.flagname.removeprefix('config.')
+    if e.flagname.startswith('config.'):
+      raise UsageError(f'unknown config key: {name}') from None
+    raise UsageError(f'unknown flag: --{name}') from None
+  except (AttributeError, KeyError) as e:
+    # A locked ConfigDict rejects an unknown override key: "'stepz'\nDid you mean ...".
+    key, *hint = str(e).strip('"\'').replace('\\n', '\n').split('\n')
+    key = key.strip("\\'")
+    paths = [
+      a.split('=', 1)[0].removeprefix('--config.') for a in argv if a.startswith('--config.')
+    ]
+    path = next((p for p in paths if key in p.split('.')), key)
+    raise UsageError(
+      f'unknown config key: {path}' + (f' ({hint[0].strip()})' if hint else '')
+    ) from None
+  except flags.Error as e:
+    # config_flags wraps errors raised while loading the file; their last line is the cause.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    raise UsageError(lines[-1].split('ConfigError: ')[-1]) from None
+
+
+def _train(fv) -> int:
+  from llm_jax.train import loop
+
+  if not fv.workdir:
+    raise UsageError('--workdir is required for train')
+  summary = loop.train(fv.config, fv.workdir)
+  if 'eval_loss' in summary:
+    print(f'final eval_loss {summary["eval_loss"]:.4f} (train loss {summary["loss"]:.4f})')
+  return 0
+
+
+def _bench(fv) -> int:
+  from llm_jax import bench
+
+  reference = {'auto': None, 'on': True, 'off': False}[fv.reference]
+  result = bench.run(fv.config, steps=fv.steps, warmup=fv.warmup, reference=reference)
+  print(bench.format_table(result))
+  if fv.json:
+    pathlib.Path(fv.json).write_text(json.dumps(result, indent=2) + '\n')
+  return 0
+
+
+COMMANDS = {'train': _train, 'bench': _bench}
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ('-h', '--help', 'help'):
+    print(USAGE)
+    return 0 if len(argv) >= 2 else 2
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f'llm-jax: unknown command {command!r}\n{USAGE}', file=sys.stderr)
+    return 2
+  from llm_jax.config import ConfigError
+
+  try:
+    return COMMANDS[command](_parse([argv[0]] + argv[2:]))
+  except (UsageError, ConfigError, FileNotFoundError) as e:
+    print(f'llm-jax {command}: error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f'llm-jax {command}: interrupted', file=sys.stderr)
+    return 130
+
+
+def run() -> None:
+  """Console-script entry point."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  sys.exit(main())

@@ -1,0 +1,29 @@
+"""Model registry: config section `model` -> an NNX module."""
+
+import dataclasses
+
+from flax import nnx
+
+from llm_jax.models.gpt import GPT, GPTConfig
+
+MODELS = {'gpt': (GPT, GPTConfig)}
+
+
+def model_config(model_cfg, vocab_size: int):
+  """The model's frozen dataclass config from the `model` config section."""
+  _, config_cls = MODELS[model_cfg.name]
+  fields = {f.name for f in dataclasses.fields(config_cls)}
+  values = {k: v for k, v in model_cfg.items() if k in fields}
+  values['vocab_size'] = model_cfg.vocab_size or vocab_size
+  return config_cls(**values)
+
+
+def build(cfg, seed: int) -> nnx.Module:
+  """A model with initialised parameters.
+
+  Eager sharding stays off: parameters carry logical names only, which `llm_jax.sharding`
+  resolves to mesh axes when the training state is placed.
+  """
+  model_cls = next(m for m, c in MODELS.values() if isinstance(cfg, c))
+  with nnx.use_eager_sharding(False):
+    return model_cls(cfg, rngs=nnx.Rngs(params=seed))

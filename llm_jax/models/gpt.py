@@ -1,0 +1,193 @@
+"""GPT: a decoder-only Transformer in Flax NNX, read top to bottom.
+
+Pre-LayerNorm blocks, causal self-attention through `jax.nn.dot_product_attention`, GELU MLP,
+token embeddings tied to the output projection, GPT-2 initialisation. Parameters are fp32;
+`dtype` sets the compute dtype. Every parameter names its logical axes (`vocab, embed, heads,
+kv, mlp`) in `sharding_names` metadata; `llm_jax.sharding` maps those names onto mesh axes, so
+this file never names one.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+ATTENTION = ('auto', 'xla', 'cudnn')
+POSITIONS = ('learned', 'rope')
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  vocab_size: int
+  block_size: int = 256  # longest context; size of the learned position table
+  n_layer: int = 6
+  n_head: int = 6
+  n_embd: int = 384
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
+  position: str = 'learned'  # 'learned' table or 'rope'
+  rope_theta: float = 10_000.0
+  dtype: str = 'float32'  # compute dtype; parameters stay fp32
+  attention: str = 'auto'  # 'auto' picks cudnn on GPU with bf16, else xla
+
+  @property
+  def head_dim(self) -> int:
+    return self.n_embd // self.n_head
+
+
+def attention_implementation(requested: str, dtype: str, backend: str) -> str | None:
+  """What `jax.nn.dot_product_attention` should use; cuDNN needs a GPU and 16-bit inputs."""
+  if requested == 'auto':
+    return 'cudnn' if backend == 'gpu' and dtype == 'bfloat16' else 'xla'
+  return requested
+
+
+def _normal(std: float):
+  return nnx.initializers.normal(std)
+
+
+def _axes(*names):
+  return {'sharding_names': names}
+
+
+def rope(x, theta: float):
+  """Rotary position embedding over the last axis of x: (B, T, N, H)."""
+  t, h = x.shape[1], x.shape[-1]
+  freqs = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)  # (H/2,)
+  angles = jnp.arange(t, dtype=jnp.float32)[:, None] * freqs[None, :]  # (T, H/2)
+  sin, cos = jnp.sin(angles)[None, :, None, :], jnp.cos(angles)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    d, n, h = cfg.n_embd, cfg.n_head, cfg.head_dim
+    dtype = DTYPES[cfg.dtype]
+    self.qkv = nnx.Einsum(
+      'btd,dsnh->btsnh',
+      (d, 3, n, h),
+      (3, n, h) if cfg.bias else None,
+      dtype=dtype,
+      kernel_init=_normal(0.02),
+      kernel_metadata=_axes('embed', None, 'heads', 'kv'),
+      bias_metadata=_axes(None, 'heads', 'kv'),
+      rngs=rngs,
+    )
+    # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream's
+    # variance does not grow with depth.
+    self.proj = nnx.Einsum(
+      'btnh,nhd->btd',
+      (n, h, d),
+      (d,) if cfg.bias else None,
+      dtype=dtype,
+      kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)),
+      kernel_metadata=_axes('heads', 'kv', 'embed'),
+      bias_metadata=_axes('embed'),
+      rngs=rngs,
+    )
+    self.rope_theta = cfg.rope_theta if cfg.position == 'rope' else None
+    self.implementation = attention_implementation(cfg.attention, cfg.dtype, jax.default_backend())
+
+  def __call__(self, x):
+    qkv = self.qkv(x)  # (B, T, 3, N, H)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if self.rope_theta is not None:
+      q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+    y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.implementation)
+    return self.proj(y)
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    d, m = cfg.n_embd, cfg.mlp_ratio * cfg.n_embd
+    dtype = DTYPES[cfg.dtype]
+    self.fc = nnx.Linear(
+      d,
+      m,
+      use_bias=cfg.bias,
+      dtype=dtype,
+      kernel_init=_normal(0.02),
+      kernel_metadata=_axes('embed', 'mlp'),
+      bias_metadata=_axes('mlp'),
+      rngs=rngs,
+    )
+    self.proj = nnx.Linear(
+      m,
+      d,
+      use_bias=cfg.bias,
+      dtype=dtype,
+      kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)),
+      kernel_metadata=_axes('mlp', 'embed'),
+      bias_metadata=_axes('embed'),
+      rngs=rngs,
+    )
+
+  def __call__(self, x):
+    return self.proj(jax.nn.gelu(self.fc(x), approximate=True))
+
+
+def _layer_norm(cfg: GPTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(
+    cfg.n_embd,
+    epsilon=1e-5,
+    use_bias=cfg.bias,
+    dtype=DTYPES[cfg.dtype],
+    scale_metadata=_axes('embed'),
+    bias_metadata=_axes('embed'),
+    rngs=rngs,
+  )
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    self.ln_1 = _layer_norm(cfg, rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.ln_2 = _layer_norm(cfg, rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  def __call__(self, x, rngs: nnx.Rngs | None):
+    drop = rngs is None
+    x = x + self.dropout(self.attn(self.ln_1(x)), deterministic=drop, rngs=rngs)
+    return x + self.dropout(self.mlp(self.ln_2(x)), deterministic=drop, rngs=rngs)
+
+
+class GPT(nnx.Module):
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype = DTYPES[cfg.dtype]
+    self.wte = nnx.Embed(
+      cfg.vocab_size,
+      cfg.n_embd,
+      dtype=dtype,
+      embedding_init=_normal(0.02),
+      embedding_metadata=_axes('vocab', 'embed'),
+      rngs=rngs,
+    )
+    if cfg.position == 'learned':
+      self.wpe = nnx.Embed(
+        cfg.block_size,
+        cfg.n_embd,
+        dtype=dtype,
+        embedding_init=_normal(0.02),
+        embedding_metadata=_axes(None, 'embed'),
+        rngs=rngs,
+      )
+    self.dropout = nnx.Dropout(cfg.dropout)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+    self.ln_f = _layer_norm(cfg, rngs)
+
+  def __call__(self, tokens, *, rngs: nnx.Rngs | None = None):
+    """Next-token logits (B, T, V) in fp32 for tokens (B, T); dropout only when `rngs` is given."""
+    x = self.wte(tokens)  # (B, T, C)
+    if self.cfg.position == 'learned':
+      x = x + self.wpe(jnp.arange(tokens.shape[1]))
+    x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
+    for block in self.blocks:
+      x = block(x, rngs)
+    return self.wte.attend(self.ln_f(x)).astype(jnp.float32)  # tied output projection

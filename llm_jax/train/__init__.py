@@ -1,0 +1,1 @@
+"""Training: optimizer, pure steps, and the loop."""

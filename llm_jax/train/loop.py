@@ -1,0 +1,187 @@
+"""The training loop: validate, build, compile, step, log, evaluate, sample."""
+
+import collections
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from llm_jax import config as config_lib
+from llm_jax import data, generate, models, perf, sharding, tracking
+from llm_jax.data import loader
+from llm_jax.train import optim
+from llm_jax.train import step as step_lib
+
+CONFIG_FILE = 'config.json'
+# Steps dispatched ahead of the host. Two keep the device busy; an unbounded queue holds every
+# pending batch in memory and deadlocks XLA's CPU collectives on many fake devices.
+MAX_IN_FLIGHT = 2
+
+
+def _model_config(cfg, tokenizer):
+  model_cfg = models.model_config(cfg.model, tokenizer.vocab_size)
+  if model_cfg.vocab_size < tokenizer.vocab_size:
+    raise config_lib.ConfigError(
+      f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's"
+      f' {tokenizer.vocab_size}'
+    )
+  return model_cfg
+
+
+def batch_sharding(mesh):
+  return sharding.named_sharding(mesh, ('batch', 'length'))
+
+
+def build_steps(cfg, model_cfg, mesh):
+  """(graphdef, initial state, jitted train_step, jitted eval_step) with explicit shardings."""
+  tx = optim.make(cfg.optimizer, cfg.train.steps)
+  graphdef, state, state_shardings = step_lib.init_state(model_cfg, tx, mesh, cfg.train.seed)
+  train_step = step_lib.make_train_step(
+    graphdef,
+    tx,
+    optim.schedule(cfg.optimizer, cfg.train.steps),
+    accum_steps=cfg.train.grad_accum_steps,
+    dropout=model_cfg.dropout > 0,
+    seed=cfg.train.seed,
+  )
+  batch, replicated = batch_sharding(mesh), sharding.replicated(mesh)
+  train_step = jax.jit(
+    train_step,
+    in_shardings=(state_shardings, batch, batch),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=0,
+  )
+  eval_step = jax.jit(
+    step_lib.make_eval_step(graphdef),
+    in_shardings=(state_shardings.params, batch, batch),
+    out_shardings=replicated,
+  )
+  return graphdef, state, train_step, eval_step
+
+
+class Trainer:
+  """Everything a run needs, built once: data, mesh, state and the compiled steps."""
+
+  def __init__(self, cfg, workdir: pathlib.Path):
+    config_lib.validate(cfg, jax.device_count(), jax.default_backend())
+    workdir.mkdir(parents=True, exist_ok=True)
+    self.cfg, self.workdir = cfg, workdir
+    self.dataset = data.load(cfg.data.source, workdir)
+    self.model_cfg = _model_config(cfg, self.dataset.tokenizer)
+    self.mesh = sharding.make_mesh(cfg.mesh)
+    self.graphdef, self.state, self.train_step, self.eval_step = build_steps(
+      cfg, self.model_cfg, self.mesh
+    )
+    self.batch_sharding = batch_sharding(self.mesh)
+    self.eval_set = (
+      loader.eval_batches(
+        self.dataset.validation,
+        num_batches=cfg.eval.batches,
+        batch_size=cfg.eval.batch_size,
+        seq_len=cfg.data.seq_len,
+      )
+      if cfg.eval.batches
+      else []
+    )
+
+  def batch(self, step: int):
+    b = loader.train_batch(
+      self.dataset.train,
+      step,
+      batch_size=self.cfg.train.batch_size,
+      seq_len=self.cfg.data.seq_len,
+      seed=self.cfg.train.seed,
+    )
+    return self._put(b)
+
+  def _put(self, b: loader.Batch):
+    return (
+      jax.device_put(b.inputs, self.batch_sharding),
+      jax.device_put(b.targets, self.batch_sharding),
+    )
+
+  def compile(self) -> float:
+    """Ahead-of-time compile of the train step; returns seconds spent."""
+    start = time.perf_counter()
+    self.train_step = self.train_step.lower(self.state, *self.batch(0)).compile()
+    return time.perf_counter() - start
+
+  def evaluate(self) -> float:
+    """Mean held-out loss (nats/token) over the fixed evaluation windows."""
+    losses = [self.eval_step(self.state.params, *self._put(b)) for b in self.eval_set]
+    return float(np.mean(jax.device_get(losses)))
+
+  def sample(self) -> str:
+    s, tok = self.cfg.sample, self.dataset.tokenizer
+    prompt = tok.encode(s.prompt)
+    ids = generate.generate(
+      self.graphdef,
+      self.state.params,
+      prompt,
+      max_new_tokens=s.max_new_tokens,
+      temperature=s.temperature,
+      top_k=s.top_k,
+      seed=s.seed,
+    )
+    return tok.decode(np.asarray(ids))
+
+
+def _log_facts(tracker, trainer, compile_s: float) -> None:
+  n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
+  tracker.print(
+    f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh '
+    f'{dict(trainer.mesh.shape)}, {n_params / 1e6:.2f}M parameters, vocab '
+    f'{trainer.model_cfg.vocab_size}, train step compiled in {compile_s:.1f}s'
+  )
+
+
+def train(cfg, workdir) -> dict:
+  """Runs `cfg` in `workdir`; returns the final metrics (loss, eval_loss, sample, ...)."""
+  workdir = pathlib.Path(workdir)
+  trainer = Trainer(cfg, workdir)
+  (workdir / CONFIG_FILE).write_text(cfg.to_json_best_effort(indent=2) + '\n')
+  t = cfg.train
+  tokens_per_step = t.batch_size * cfg.data.seq_len
+  tracker = tracking.Tracker(workdir, cfg, total_steps=t.steps, active=jax.process_index() == 0)
+  compile_s = trainer.compile()
+  _log_facts(tracker, trainer, compile_s)
+
+  last = {}
+  mark_step, mark_time = 0, time.perf_counter()
+  in_flight = collections.deque()
+  for step in range(t.steps):
+    inputs, targets = trainer.batch(step)
+    trainer.state, metrics = trainer.train_step(trainer.state, inputs, targets)
+    in_flight.append(metrics['loss'])
+    if len(in_flight) > MAX_IN_FLIGHT:
+      in_flight.popleft().block_until_ready()
+    done = step + 1
+    if done % t.log_every == 0 or done == t.steps:
+      metrics = jax.device_get(metrics)  # the only host sync: once per log interval
+      elapsed = time.perf_counter() - mark_time
+      tps = (done - mark_step) * tokens_per_step / elapsed
+      last = dict(
+        metrics,
+        tokens_per_sec=tps,
+        step_time=elapsed / (done - mark_step),
+        mfu=perf.mfu(tps, trainer.model_cfg, cfg.data.seq_len, jax.device_count()),
+      )
+      tracker.log(done, **last)
+      tracker.advance(done - mark_step)
+      mark_step, mark_time = done, time.perf_counter()
+    if trainer.eval_set and (
+      done == t.steps or cfg.eval.every_steps and done % cfg.eval.every_steps == 0
+    ):
+      last['eval_loss'] = trainer.evaluate()
+      tracker.log(done, eval_loss=last['eval_loss'])
+      tracker.print(f'step {done}: eval_loss {last["eval_loss"]:.4f}')
+      mark_time = time.perf_counter()  # evaluation time is not training throughput
+
+  summary = {k: float(v) for k, v in last.items() if v is not None}
+  if cfg.sample.max_new_tokens:
+    summary['sample'] = trainer.sample()
+    tracker.print('--- sample ---\n' + summary['sample'])
+  tracker.summary(**summary)
+  tracker.close()
+  return summary

@@ -1,0 +1,100 @@
+"""Pure training and evaluation steps around `jax.jit`.
+
+The model lives as (graphdef, params): `nnx.split` once, `nnx.merge` inside the jitted
+function. Plain `jax.jit` over pure functions keeps the hot path free of NNX's Python-side
+graph traversal, and lets us give explicit shardings and donate the training state.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from llm_jax import models, sharding
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: nnx.State
+  opt_state: optax.OptState
+
+
+def cross_entropy(logits, targets):
+  """Mean next-token cross-entropy in nats; logits (B, T, V) fp32, targets (B, T)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def init_state(model_cfg, tx, mesh, seed: int):
+  """(graphdef, state, state_shardings): parameters created directly on their shardings."""
+
+  graphdef, abstract_params = nnx.split(
+    nnx.eval_shape(lambda: models.build(model_cfg, seed)), nnx.Param
+  )
+  param_shardings = sharding.tree_shardings(nnx.get_partition_spec(abstract_params), mesh)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  # Optimizer moments follow their parameters; scalars such as step counts are replicated.
+  opt_shardings = optax.tree_map_params(
+    tx,
+    lambda _, s: s,
+    abstract_opt,
+    param_shardings,
+    transform_non_params=lambda _: sharding.replicated(mesh),
+  )
+  shardings = TrainState(sharding.replicated(mesh), param_shardings, opt_shardings)
+
+  def init():
+    params = nnx.state(models.build(model_cfg, seed), nnx.Param)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+  return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def make_train_step(graphdef, tx, schedule, *, accum_steps: int, dropout: bool, seed: int):
+  """train_step(state, inputs, targets) -> (state, metrics); batch arrays are (B, T)."""
+  base_key = jax.random.key(seed)
+
+  def loss_fn(params, inputs, targets, key):
+    model = nnx.merge(graphdef, params)
+    logits = model(inputs, rngs=nnx.Rngs(dropout=key) if dropout else None)
+    return cross_entropy(logits, targets)
+
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def accumulate(params, inputs, targets, key):
+    # Microbatch a takes rows a, a+A, a+2A, ... so every microbatch stays evenly spread over
+    # the devices that hold the batch.
+    b, t = inputs.shape
+    split = lambda x: x.reshape(b // accum_steps, accum_steps, t).swapaxes(0, 1)
+
+    def micro(carry, xs):
+      loss, grads = grad_fn(params, *xs)
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    keys = jax.random.split(key, accum_steps)
+    zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(micro, zeros, (split(inputs), split(targets), keys))
+    return jax.tree.map(lambda x: x / accum_steps, (loss, grads))
+
+  def train_step(state: TrainState, inputs, targets):
+    key = jax.random.fold_in(base_key, state.step)  # dropout depends on (seed, step) only
+    if accum_steps == 1:
+      loss, grads = grad_fn(state.params, inputs, targets, key)
+    else:
+      loss, grads = accumulate(state.params, inputs, targets, key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), 'lr': schedule(state.step)}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef):
+  """eval_step(params, inputs, targets) -> mean loss, no dropout."""
+
+  def eval_step(params, inputs, targets):
+    return cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
+
+  return eval_step

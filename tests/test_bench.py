@@ -1,0 +1,95 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from llm_jax import bench, models, perf
+from llm_jax.models.gpt import GPTConfig
+from llm_jax.train import step as step_lib
+from tests.conftest import REPO, tiny_config
+
+
+def as_reference(params):
+  """NNX GPT parameters in the plain-JAX reference's layout."""
+  p = jax.tree.map(lambda v: v, nnx.to_pure_dict(params))
+  pair = lambda m: (m['scale'], m['bias']) if 'scale' in m else (m['kernel'], m['bias'])
+  return dict(
+    wte=p['wte']['embedding'],
+    wpe=p['wpe']['embedding'],
+    ln_f=pair(p['ln_f']),
+    blocks=[
+      dict(
+        ln1=pair(b['ln_1']),
+        ln2=pair(b['ln_2']),
+        qkv=pair(b['attn']['qkv']),
+        proj=pair(b['attn']['proj']),
+        fc=pair(b['mlp']['fc']),
+        out=pair(b['mlp']['proj']),
+      )
+      for _, b in sorted(p['blocks'].items())
+    ],
+  )
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_reference_computes_the_same_function_as_the_model(dtype):
+  cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dtype=dtype)
+  graphdef, params = nnx.split(models.build(cfg, seed=0), nnx.Param)
+  x = jax.random.randint(jax.random.key(0), (2, 17), 0, 50)
+  ours = step_lib.cross_entropy(nnx.merge(graphdef, params)(x[:, :-1]), x[:, 1:])
+  ref = bench.reference_loss(as_reference(params), x[:, :-1], x[:, 1:], jnp.dtype(dtype))
+  assert float(ref) == pytest.approx(float(ours), rel=1e-5 if dtype == 'float32' else 1e-2)
+
+
+def test_bench_reports_throughput_and_skips_reference_on_many_devices():
+  cfg = tiny_config()
+  result = bench.run(cfg, steps=3, warmup=1)
+  assert result['tokens_per_sec'] == pytest.approx(16 * 64 / result['step_s'])
+  assert result['mfu'] is None  # CPU has no peak in the table: unknown, not guessed
+  assert result['reference_skipped'] == 'the reference runs on one device'
+  assert 'tokens/s' in bench.format_table(result)
+
+
+@pytest.mark.slow
+def test_bench_cli_times_the_reference_on_one_cpu_device(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='')  # one CPU device, as on a user's machine
+  out = tmp_path / 'bench.json'
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'llm_jax',
+      'bench',
+      '--config',
+      'configs/gpt_tiny.py',
+      '--steps',
+      '5',
+      '--warmup',
+      '2',
+      '--json',
+      str(out),
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr
+  assert 'framework / reference' in result.stdout
+  data = json.loads(out.read_text())
+  assert data['num_devices'] == 1 and data['ratio'] > 0
+  assert data['ratio'] == pytest.approx(data['step_s'] / data['reference_step_s'])
+
+
+def test_mfu_accounting():
+  cfg = GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+  assert perf.matmul_params(cfg) == 12 * 12 * 768**2 + 50304 * 768
+  assert perf.flops_per_token(cfg, 1024) == 6 * perf.matmul_params(cfg) + 12 * 12 * 1024 * 768
+  assert perf.peak_flops() is None  # CPU
+  assert perf.mfu(1e6, cfg, 1024, 1) is None

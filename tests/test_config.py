@@ -1,0 +1,91 @@
+import importlib.util
+
+import jax
+import pytest
+from flax import nnx
+
+from llm_jax import config, models
+from tests.conftest import REPO, tiny_config
+
+CONFIG_FILES = sorted((REPO / 'configs').glob('*.py'))
+
+
+def load_config_file(path, arg=None):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+@pytest.mark.parametrize(
+  'path, arg',
+  [(p, None) for p in CONFIG_FILES]
+  + [(REPO / 'configs/gpt_shakespeare.py', 'cpu')]
+  + [(REPO / 'configs/gpt2.py', s) for s in ('350m', '774m', '1.5b')],
+  ids=lambda v: getattr(v, 'name', v),
+)
+def test_every_config_validates_and_builds_abstractly(path, arg):
+  cfg = load_config_file(path, arg)
+  # The CPU quickstart targets one device; every other config must also fit 8-way data parallel.
+  config.validate(cfg, num_devices=1 if arg == 'cpu' else 8, backend='cpu')
+  model_cfg = models.model_config(cfg.model, vocab_size=80)
+  abstract = nnx.eval_shape(lambda: models.build(model_cfg, seed=0))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert n > 0
+
+
+def test_gpt2_presets_have_their_published_sizes():
+  sizes = {}
+  for name in ('124m', '350m', '774m', '1.5b'):
+    cfg = load_config_file(REPO / 'configs/gpt2.py', name)
+    model_cfg = models.model_config(cfg.model, vocab_size=0)
+    abstract = nnx.eval_shape(lambda c=model_cfg: models.build(c, seed=0))
+    sizes[name] = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))) / 1e6
+  # Published counts use vocab 50257; ours pads to 50304 (+0.04M-0.08M).
+  assert sizes['124m'] == pytest.approx(124.4, abs=0.2)
+  assert sizes['350m'] == pytest.approx(354.9, abs=0.3)
+  assert sizes['774m'] == pytest.approx(774.0, abs=0.3)
+  assert sizes['1.5b'] == pytest.approx(1557.7, abs=0.3)
+
+
+def test_config_is_locked_against_new_keys():
+  cfg = tiny_config()
+  with pytest.raises(AttributeError):
+    cfg.train.stepz = 3
+
+
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
+    ('model.n_embd', 65, 'model.n_embd=65 must be divisible by model.n_head=2'),
+    ('data.seq_len', 65, 'data.seq_len=65 must be in .* model.block_size=64'),
+    (
+      'train.grad_accum_steps',
+      3,
+      'train.batch_size=16 must be divisible by train.grad_accum_steps=3',
+    ),
+    ('optimizer.lr', 0.0, 'optimizer.lr=0.0 must be positive'),
+    ('optimizer.warmup_steps', 1000, 'optimizer.warmup_steps=1000'),
+    ('model.dtype', 'float16', "model.dtype='float16' must be one of"),
+    ('model.attention', 'cudnn', "model.attention='cudnn' needs a GPU"),
+    ('model.dropout', 1.0, 'model.dropout=1.0'),
+    ('data.source', 'tfds:foo', "data.source='tfds:foo'"),
+    ('train.batch_size', 12, 'must be divisible by mesh data×fsdp = 8'),
+    ('mesh.data', 3, 'mesh data×fsdp×tensor = 3 but there are 8 devices'),
+    ('mesh.tensor', 8, 'model.n_head=2 must be divisible by mesh.tensor=8'),
+    ('wandb.mode', 'cloud', "wandb.mode='cloud'"),
+  ],
+)
+def test_invalid_values_name_the_field(field, value, message):
+  cfg = tiny_config()
+  section, key = field.split('.')
+  cfg[section][key] = value
+  if field == 'mesh.tensor':
+    cfg.mesh.data = 1
+  with pytest.raises(config.ConfigError, match=message):
+    config.validate(cfg, num_devices=8, backend='cpu')
+
+
+def test_unknown_preset():
+  with pytest.raises(config.ConfigError, match="unknown preset 'gpt_huge'"):
+    config.preset('gpt_huge')

@@ -1,0 +1,99 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llm_jax import models, perf
+from llm_jax.models.gpt import GPTConfig, attention_implementation
+
+LOGICAL_AXES = {'vocab', 'embed', 'heads', 'kv', 'mlp', 'layers', None}
+
+
+def small(**kw):
+  return GPTConfig(**dict(dict(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32), **kw))
+
+
+def tokens(b=2, t=16, seed=0):
+  return jax.random.randint(jax.random.key(seed), (b, t), 0, 50)
+
+
+@pytest.mark.parametrize('position', ['learned', 'rope'])
+def test_logits_shape_and_causality(position):
+  model = models.build(small(position=position), seed=0)
+  x = tokens()
+  logits = model(x)
+  assert logits.shape == (2, 16, 50) and logits.dtype == jnp.float32
+  changed = x.at[:, 10].set((x[:, 10] + 1) % 50)  # change a future token
+  after = model(changed)
+  np.testing.assert_array_equal(logits[:, :10], after[:, :10])
+  assert not np.allclose(logits[:, 10:], after[:, 10:])
+
+
+def test_bf16_compute_keeps_fp32_params_and_tracks_fp32():
+  cfg32, cfg16 = small(), small(dtype='bfloat16')
+  m32, m16 = models.build(cfg32, seed=0), models.build(cfg16, seed=0)
+  params = nnx.state(m16, nnx.Param)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  np.testing.assert_allclose(m16(tokens()), m32(tokens()), atol=0.05)
+
+
+def test_every_parameter_names_known_logical_axes():
+  model = models.build(small(), seed=0)
+  params = nnx.state(model, nnx.Param)
+  specs = nnx.get_partition_spec(params)
+  for (path, spec), leaf in zip(
+    jax.tree.leaves_with_path(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)),
+    jax.tree.leaves(params),
+    strict=True,
+  ):
+    assert len(spec) == leaf.ndim, path
+    assert set(spec) <= LOGICAL_AXES, path
+  flat = nnx.to_flat_state(params)
+  by_name = {'/'.join(map(str, k)): v for k, v in flat}
+  assert tuple(by_name['wte/embedding'].get_metadata()['out_sharding']) == ('vocab', 'embed')
+  assert tuple(by_name['blocks/0/mlp/fc/kernel'].get_metadata()['out_sharding']) == ('embed', 'mlp')
+  assert tuple(by_name['blocks/0/attn/qkv/kernel'].get_metadata()['out_sharding']) == (
+    'embed',
+    None,
+    'heads',
+    'kv',
+  )
+
+
+def test_gpt2_initialisation_and_parameter_count():
+  cfg = small(n_layer=8, n_embd=64, vocab_size=1000, block_size=64)
+  params = nnx.state(models.build(cfg, seed=0), nnx.Param)
+  flat = {'/'.join(map(str, k)): v[...] for k, v in nnx.to_flat_state(params)}
+  assert abs(flat['wte/embedding'].std() - 0.02) < 0.002
+  assert abs(flat['blocks/0/mlp/proj/kernel'].std() - 0.02 / np.sqrt(16)) < 0.001
+  assert np.all(flat['blocks/0/mlp/fc/bias'] == 0) and np.all(flat['ln_f/scale'] == 1)
+  # Weights counted by the FLOPs formula + position table + biases and norms = every parameter.
+  d, L = cfg.n_embd, cfg.n_layer
+  small_params = L * (3 * d + d + 4 * d + d + 4 * d) + d * 2
+  total = sum(x.size for x in flat.values())
+  assert total == perf.matmul_params(cfg) + cfg.block_size * d + small_params
+
+
+def test_dropout_only_with_rngs():
+  model = models.build(small(dropout=0.5), seed=0)
+  x = tokens()
+  np.testing.assert_array_equal(model(x), model(x))
+  a, b = model(x, rngs=nnx.Rngs(dropout=1)), model(x, rngs=nnx.Rngs(dropout=2))
+  assert not np.allclose(a, b)
+
+
+def test_attention_implementation_falls_back_off_gpu():
+  assert attention_implementation('auto', 'bfloat16', 'cpu') == 'xla'
+  assert attention_implementation('auto', 'bfloat16', 'gpu') == 'cudnn'
+  assert attention_implementation('auto', 'float32', 'gpu') == 'xla'
+  assert attention_implementation('xla', 'bfloat16', 'gpu') == 'xla'
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a GPU')
+def test_cudnn_attention_matches_xla_on_gpu():
+  x = tokens(4, 32)
+  xla = models.build(small(dtype='bfloat16', attention='xla'), seed=0)(x)
+  cudnn = models.build(small(dtype='bfloat16', attention='cudnn'), seed=0)(x)
+  np.testing.assert_allclose(cudnn, xla, atol=0.05)
