@@ -54,8 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     clip_norm=1.0,  # 0 disables clipping
   )
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  c.ckpt = dict(every_steps=0, max_to_keep=3)  # checkpointing lands with the checkpoint issue
-  c.wandb = dict(mode='disabled', project='llm_jax', entity='', group='', name='')
+  c.ckpt = dict(every_steps=1000, max_to_keep=3)  # and always at the last step
+  # offline needs no account or network; upload later: wandb sync WORKDIR/wandb/offline-run-*
+  c.wandb = dict(mode='offline', project='llm_jax', entity='', group='', name='')
   c.sample = dict(prompt='\n', max_new_tokens=500, temperature=0.8, top_k=0, seed=0)
   return c
 
@@ -164,6 +165,8 @@ def validate(cfg, num_devices: int, backend: str) -> None:
     cfg.eval.batches == 0 or cfg.eval.batch_size % (data * fsdp) == 0,
     f'eval.batch_size={cfg.eval.batch_size} must be divisible by mesh data×fsdp = {data * fsdp}',
   )
+  _check(cfg.ckpt.every_steps >= 0, f'ckpt.every_steps={cfg.ckpt.every_steps} must be >= 0')
+  _check(cfg.ckpt.max_to_keep > 0, f'ckpt.max_to_keep={cfg.ckpt.max_to_keep} must be positive')
   _choice(cfg, 'wandb', 'mode', ('online', 'offline', 'disabled'))
   _check(cfg.sample.max_new_tokens >= 0, 'sample.max_new_tokens must be >= 0')
   _check(cfg.sample.temperature >= 0, 'sample.temperature must be >= 0 (0: greedy)')

@@ -6,7 +6,6 @@ os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-os.environ.setdefault('WANDB_MODE', 'disabled')
 
 import pathlib  # noqa: E402
 
@@ -24,6 +23,7 @@ def tiny_config(**train):
   c.eval.update(every_steps=0, batches=2, batch_size=16)
   c.optimizer.update(lr=3e-3, warmup_steps=5)
   c.sample.max_new_tokens = 0
+  c.wandb.mode = 'disabled'
   return c
 
 

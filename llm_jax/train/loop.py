@@ -1,14 +1,15 @@
 """The training loop: validate, build, compile, step, log, evaluate, sample."""
 
 import collections
+import json
 import pathlib
 import time
 
 import jax
 import numpy as np
 
+from llm_jax import checkpoint, data, generate, models, perf, sharding, tracking
 from llm_jax import config as config_lib
-from llm_jax import data, generate, models, perf, sharding, tracking
 from llm_jax.data import loader
 from llm_jax.train import optim
 from llm_jax.train import step as step_lib
@@ -17,6 +18,8 @@ CONFIG_FILE = 'config.json'
 # Steps dispatched ahead of the host. Two keep the device busy; an unbounded queue holds every
 # pending batch in memory and deadlocks XLA's CPU collectives on many fake devices.
 MAX_IN_FLIGHT = 2
+# Model settings that leave parameter shapes alone, so a run may resume with them changed.
+RESUMABLE_MODEL_CHANGES = ('dropout', 'dtype', 'attention')
 
 
 def _model_config(cfg, tokenizer):
@@ -136,21 +139,25 @@ def _log_facts(tracker, trainer, compile_s: float) -> None:
   )
 
 
-def train(cfg, workdir) -> dict:
-  """Runs `cfg` in `workdir`; returns the final metrics (loss, eval_loss, sample, ...)."""
-  workdir = pathlib.Path(workdir)
-  trainer = Trainer(cfg, workdir)
-  (workdir / CONFIG_FILE).write_text(cfg.to_json_best_effort(indent=2) + '\n')
-  t = cfg.train
-  tokens_per_step = t.batch_size * cfg.data.seq_len
-  tracker = tracking.Tracker(workdir, cfg, total_steps=t.steps, active=jax.process_index() == 0)
-  compile_s = trainer.compile()
-  _log_facts(tracker, trainer, compile_s)
+def _resume(trainer, ckpt, tracker) -> int:
+  """Restores the latest complete checkpoint, if any; returns the step to continue from."""
+  start = ckpt.latest_step()
+  if start is None:
+    return 0
+  trainer.state = ckpt.restore(start, trainer.state)
+  tracker.print(f'resumed from {ckpt.directory / str(start)}')
+  tracker.advance(start)
+  return start
 
+
+def _run_steps(trainer, ckpt, tracker, start: int) -> dict:
+  """Steps from `start` to the end; returns the last logged metrics."""
+  cfg, t = trainer.cfg, trainer.cfg.train
+  tokens_per_step = t.batch_size * cfg.data.seq_len
   last = {}
-  mark_step, mark_time = 0, time.perf_counter()
+  mark_step, mark_time = start, time.perf_counter()
   in_flight = collections.deque()
-  for step in range(t.steps):
+  for step in range(start, t.steps):
     inputs, targets = trainer.batch(step)
     trainer.state, metrics = trainer.train_step(trainer.state, inputs, targets)
     in_flight.append(metrics['loss'])
@@ -161,27 +168,57 @@ def train(cfg, workdir) -> dict:
       metrics = jax.device_get(metrics)  # the only host sync: once per log interval
       elapsed = time.perf_counter() - mark_time
       tps = (done - mark_step) * tokens_per_step / elapsed
-      last = dict(
-        metrics,
-        tokens_per_sec=tps,
-        step_time=elapsed / (done - mark_step),
-        mfu=perf.mfu(tps, trainer.model_cfg, cfg.data.seq_len, jax.device_count()),
-      )
+      mfu = perf.mfu(tps, trainer.model_cfg, cfg.data.seq_len, jax.device_count())
+      last = dict(metrics, tokens_per_sec=tps, step_time=elapsed / (done - mark_step), mfu=mfu)
       tracker.log(done, **last)
       tracker.advance(done - mark_step)
       mark_step, mark_time = done, time.perf_counter()
-    if trainer.eval_set and (
-      done == t.steps or cfg.eval.every_steps and done % cfg.eval.every_steps == 0
-    ):
+    eval_due = cfg.eval.every_steps and done % cfg.eval.every_steps == 0
+    if trainer.eval_set and (eval_due or done == t.steps):
       last['eval_loss'] = trainer.evaluate()
       tracker.log(done, eval_loss=last['eval_loss'])
       tracker.print(f'step {done}: eval_loss {last["eval_loss"]:.4f}')
-      mark_time = time.perf_counter()  # evaluation time is not training throughput
+    if ckpt.maybe_save(done, trainer.state, final=done == t.steps) or eval_due:
+      mark_time = time.perf_counter()  # evaluation and saving are not training throughput
+  return last
 
-  summary = {k: float(v) for k, v in last.items() if v is not None}
-  if cfg.sample.max_new_tokens:
-    summary['sample'] = trainer.sample()
-    tracker.print('--- sample ---\n' + summary['sample'])
-  tracker.summary(**summary)
-  tracker.close()
+
+def _check_resumable(cfg, workdir: pathlib.Path) -> None:
+  """ConfigError if `workdir` holds checkpoints of a model with other parameter shapes."""
+  saved = workdir / CONFIG_FILE
+  if not (saved.exists() and (workdir / checkpoint.DIRECTORY).exists()):
+    return
+  old, new = json.loads(saved.read_text())['model'], cfg.model.to_dict()
+  for key in sorted(new):
+    if key not in RESUMABLE_MODEL_CHANGES and old.get(key) != new[key]:
+      raise config_lib.ConfigError(
+        f'model.{key}={new[key]!r} but the checkpoints in {workdir} have {old.get(key)!r};'
+        ' use a new --workdir'
+      )
+
+
+def train(cfg, workdir) -> dict:
+  """Runs `cfg` in `workdir`, resuming from its latest checkpoint; returns the final metrics."""
+  workdir = pathlib.Path(workdir)
+  _check_resumable(cfg, workdir)
+  trainer = Trainer(cfg, workdir)
+  (workdir / CONFIG_FILE).write_text(cfg.to_json_best_effort(indent=2) + '\n')
+  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
+  tracker = tracking.Tracker(
+    workdir, cfg, total_steps=cfg.train.steps, active=jax.process_index() == 0
+  )
+  try:
+    start = _resume(trainer, ckpt, tracker)
+    _log_facts(tracker, trainer, trainer.compile())
+    last = _run_steps(trainer, ckpt, tracker, start)
+    if trainer.eval_set and 'eval_loss' not in last:  # nothing left to train: evaluate anyway
+      last['eval_loss'] = trainer.evaluate()
+    summary = {k: float(v) for k, v in last.items() if v is not None}
+    if cfg.sample.max_new_tokens:
+      summary['sample'] = trainer.sample()
+      tracker.print('--- sample ---\n' + summary['sample'])
+    tracker.summary(**summary)
+  finally:
+    ckpt.close()
+    tracker.close()
   return summary
