@@ -10,7 +10,7 @@ from llm_jax.config import ConfigError, preset
 SIZES = ('124m', '350m', '774m', '1.5b')
 
 
-def get_config(arg='124m'):
+def get_config(arg=None):
   size = arg or '124m'
   if size not in SIZES:
     raise ConfigError(f'configs/gpt2.py: unknown size {size!r}; choose one of {", ".join(SIZES)}')

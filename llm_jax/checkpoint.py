@@ -14,6 +14,10 @@ import orbax.checkpoint as ocp
 DIRECTORY = 'checkpoints'
 
 
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be restored; the message names its directory."""
+
+
 class Checkpointer:
   """Periodic saves and restores of one run's training state."""
 
@@ -41,7 +45,7 @@ class Checkpointer:
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(
+      raise CheckpointError(
         f'checkpoint {self.directory / str(step)} does not fit this config '
         f'(did the model change?): {str(e).splitlines()[0]}'
       ) from None

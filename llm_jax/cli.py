@@ -127,11 +127,12 @@ def main(argv=None) -> int:
   if command not in COMMANDS:
     print(f'llm-jax: unknown command {command!r}\n{USAGE}', file=sys.stderr)
     return 2
+  from llm_jax.checkpoint import CheckpointError
   from llm_jax.config import ConfigError
 
   try:
     return COMMANDS[command](_parse([argv[0]] + argv[2:]))
-  except (UsageError, ConfigError, FileNotFoundError) as e:
+  except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as e:
     print(f'llm-jax {command}: error: {e}', file=sys.stderr)
     return 2
   except KeyboardInterrupt:

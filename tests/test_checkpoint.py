@@ -62,5 +62,5 @@ def test_a_changed_model_is_a_clear_error(tmp_path):
     loop.train(cfg, tmp_path)
   # Past the config check (config.json lost), Orbax's shape mismatch is reported by checkpoint.
   (tmp_path / 'config.json').unlink()
-  with pytest.raises(ValueError, match='checkpoints/6 does not fit this config'):
+  with pytest.raises(checkpoint.CheckpointError, match='checkpoints/6 does not fit this config'):
     loop.train(cfg, tmp_path)
