@@ -99,8 +99,9 @@ def _train(fv) -> int:
   if not fv.workdir:
     raise UsageError('--workdir is required for train')
   summary = loop.train(fv.config, fv.workdir)
-  if 'eval_loss' in summary:
-    print(f'final eval_loss {summary["eval_loss"]:.4f} (train loss {summary["loss"]:.4f})')
+  final = ', '.join(f'{k} {summary[k]:.4f}' for k in ('eval_loss', 'loss') if k in summary)
+  if final:
+    print(f'final {final}')
   return 0
 
 

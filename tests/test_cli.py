@@ -24,22 +24,20 @@ def llm_jax(*args, timeout=300):
 @pytest.mark.slow
 def test_train_end_to_end_in_a_subprocess(tmp_path):
   workdir = tmp_path / 'run'
-  result = llm_jax(
-    'train',
-    '--config',
-    'configs/gpt_tiny.py',
-    '--workdir',
-    str(workdir),
-    '--config.train.steps=40',
-    '--config.eval.every_steps=20',
-    '--config.sample.max_new_tokens=80',
-  )
+  args = ['train', '--config', 'configs/gpt_tiny.py', '--workdir', str(workdir)]
+  args += ['--config.train.steps=40', '--config.eval.every_steps=20']
+  result = llm_jax(*args, '--config.sample.max_new_tokens=80')
   assert result.returncode == 0, result.stderr
   assert '--- sample ---' in result.stdout
   assert 'final eval_loss' in result.stdout
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if 'eval_loss' in r] == [20, 40]
   assert json.loads((workdir / 'config.json').read_text())['train']['steps'] == 40
+  # The same command again resumes from the final checkpoint: evaluates, trains no more.
+  again = llm_jax(*args)
+  assert again.returncode == 0, again.stderr
+  assert 'resumed from' in again.stdout and 'final eval_loss' in again.stdout
+  assert len((workdir / 'metrics.jsonl').read_text().splitlines()) == len(rows)
 
 
 @pytest.mark.parametrize(

@@ -77,16 +77,13 @@ class Trainer:
       cfg, self.model_cfg, self.mesh
     )
     self.batch_sharding = batch_sharding(self.mesh)
-    self.eval_set = (
-      loader.eval_batches(
-        self.dataset.validation,
-        num_batches=cfg.eval.batches,
-        batch_size=cfg.eval.batch_size,
-        seq_len=cfg.data.seq_len,
-      )
-      if cfg.eval.batches
-      else []
+    held_out = loader.eval_batches(
+      self.dataset.validation,
+      num_batches=cfg.eval.batches,
+      batch_size=cfg.eval.batch_size,
+      seq_len=cfg.data.seq_len,
     )
+    self.eval_set = [self._put(b) for b in held_out]  # on device once, reused by every eval
 
   def batch(self, step: int):
     b = loader.train_batch(
@@ -112,7 +109,7 @@ class Trainer:
 
   def evaluate(self) -> float:
     """Mean held-out loss (nats/token) over the fixed evaluation windows."""
-    losses = [self.eval_step(self.state.params, *self._put(b)) for b in self.eval_set]
+    losses = [self.eval_step(self.state.params, *batch) for batch in self.eval_set]
     return float(np.mean(jax.device_get(losses)))
 
   def sample(self) -> str:
