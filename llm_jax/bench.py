@@ -108,10 +108,50 @@ def _timed(fn) -> float:
   return time.perf_counter() - start
 
 
+def _framework_timer(compiled, state, inputs, targets):
+  """A zero-argument function that runs one framework train step and returns its loss."""
+  live = {'state': state}
+
+  def step():
+    live['state'], metrics = compiled(live['state'], inputs, targets)
+    return metrics['loss']
+
+  return step
+
+
+def _reference_timer(cfg, model_cfg, inputs, targets):
+  """A zero-argument function that runs one reference train step and returns its loss."""
+  params, opt_state, ref_step = reference_step(cfg, model_cfg)
+  live = {'params': params, 'opt_state': opt_state}
+
+  def step():
+    live['params'], live['opt_state'], loss = ref_step(**live, inputs=inputs, targets=targets)
+    return loss
+
+  return step
+
+
+def _median_times(timers: dict, *, steps: int, warmup: int) -> dict:
+  """Median seconds per call of each timer, calls alternated so noise lands on all alike."""
+  for fn in timers.values():
+    for _ in range(warmup):
+      _timed(fn)
+  times = {name: [] for name in timers}
+  for _ in range(steps):
+    for name, fn in timers.items():
+      times[name].append(_timed(fn))
+  return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None) -> dict:
   """Benchmark `cfg`'s train step; `reference` defaults to on for CPU when the model matches."""
   config_lib.validate(cfg, jax.device_count(), jax.default_backend())
   model_cfg = models.model_config(cfg.model, _vocab_size(cfg))
+  mismatch = _reference_mismatch(cfg, model_cfg)
+  if reference is None:
+    reference = jax.default_backend() == 'cpu' and mismatch is None
+  if reference and mismatch:
+    raise config_lib.ConfigError(f'--reference: {mismatch}')
   mesh = sharding.make_mesh(cfg.mesh)
   _, state, train_step, _ = loop.build_steps(cfg, model_cfg, mesh)
   b, t = cfg.train.batch_size, cfg.data.seq_len
@@ -122,37 +162,12 @@ def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None)
   start = time.perf_counter()
   compiled = train_step.lower(state, inputs, targets).compile()
   result = {'compile_s': time.perf_counter() - start}
-  live = {'state': state}
-
-  def framework():
-    live['state'], metrics = compiled(live['state'], inputs, targets)
-    return metrics['loss']
-
-  timers = {'framework': framework}
-  mismatch = _reference_mismatch(cfg, model_cfg)
-  if reference is None:
-    reference = jax.default_backend() == 'cpu' and mismatch is None
+  timers = {'framework': _framework_timer(compiled, state, inputs, targets)}
   if reference:
-    if mismatch:
-      raise config_lib.ConfigError(f'--reference: {mismatch}')
-    params, opt_state, ref_step = reference_step(cfg, model_cfg)
-    live['ref'] = (params, opt_state)
+    timers['reference'] = _reference_timer(cfg, model_cfg, inputs, targets)
+  times = _median_times(timers, steps=steps, warmup=warmup)
 
-    def plain_jax():
-      *live['ref'], loss = ref_step(*live['ref'], inputs, targets)
-      return loss
-
-    timers['reference'] = plain_jax
-  for fn in timers.values():
-    for _ in range(warmup):
-      _timed(fn)
-  # Alternate the two so that machine noise lands on both alike.
-  times = {name: [] for name in timers}
-  for _ in range(steps):
-    for name, fn in timers.items():
-      times[name].append(_timed(fn))
-
-  step_s = statistics.median(times['framework'])
+  step_s = times['framework']
   tps = b * t / step_s
   result.update(
     config=dict(
@@ -173,7 +188,7 @@ def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None)
     peak_memory_bytes=_peak_memory_bytes(),
   )
   if reference:
-    result['reference_step_s'] = statistics.median(times['reference'])
+    result['reference_step_s'] = times['reference']
     result['ratio'] = step_s / result['reference_step_s']
   else:
     result['reference_skipped'] = mismatch or 'not requested'
