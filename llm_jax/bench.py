@@ -16,8 +16,7 @@ import numpy as np
 import optax
 
 from llm_jax import config as config_lib
-from llm_jax import models, perf, sharding
-from llm_jax.data import CharTokenizer, corpus
+from llm_jax import data, models, perf, sharding
 from llm_jax.train import loop, optim
 
 
@@ -93,8 +92,7 @@ def _reference_mismatch(cfg, model_cfg) -> str | None:
 def _vocab_size(cfg) -> int:
   if cfg.model.vocab_size:
     return cfg.model.vocab_size
-  train_text = corpus.join(corpus.split_plays(corpus.load_plays())[0])
-  return CharTokenizer.from_text(train_text).vocab_size
+  return data.load(cfg.data.source).tokenizer.vocab_size  # what `train` would use
 
 
 def _peak_memory_bytes() -> int | None:

@@ -9,6 +9,7 @@ import ml_collections
 
 from llm_jax import sharding
 from llm_jax.data import SOURCES
+from llm_jax.models import MODELS
 from llm_jax.models.gpt import ATTENTION, DTYPES, POSITIONS
 
 
@@ -103,6 +104,7 @@ def _choice(cfg, section: str, field: str, choices) -> None:
 def validate(cfg, num_devices: int, backend: str) -> None:
   """Raise ConfigError naming the first field that cannot work on `num_devices` devices."""
   m, t, o = cfg.model, cfg.train, cfg.optimizer
+  _choice(cfg, 'model', 'name', tuple(MODELS))
   _choice(cfg, 'model', 'dtype', tuple(DTYPES))
   _choice(cfg, 'model', 'attention', ATTENTION)
   _choice(cfg, 'model', 'position', POSITIONS)

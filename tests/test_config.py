@@ -66,6 +66,7 @@ def test_config_is_locked_against_new_keys():
     ),
     ('optimizer.lr', 0.0, 'optimizer.lr=0.0 must be positive'),
     ('optimizer.warmup_steps', 1000, 'optimizer.warmup_steps=1000'),
+    ('model.name', 'bert', "model.name='bert' must be one of gpt"),
     ('model.dtype', 'float16', "model.dtype='float16' must be one of"),
     ('model.attention', 'cudnn', "model.attention='cudnn' needs a GPU"),
     ('model.dropout', 1.0, 'model.dropout=1.0'),
