@@ -128,12 +128,21 @@ def main(argv=None) -> int:
   if command not in COMMANDS:
     print(f'llm-jax: unknown command {command!r}\n{USAGE}', file=sys.stderr)
     return 2
+  from llm_jax import distributed
   from llm_jax.checkpoint import CheckpointError
   from llm_jax.config import ConfigError
 
   try:
-    return COMMANDS[command](_parse([argv[0]] + argv[2:]))
-  except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as e:
+    fv = _parse([argv[0]] + argv[2:])
+    distributed.initialize(fv.config.distributed)  # before anything touches a device
+    return COMMANDS[command](fv)
+  except (
+    UsageError,
+    ConfigError,
+    CheckpointError,
+    distributed.DistributedError,
+    FileNotFoundError,
+  ) as e:
     print(f'llm-jax {command}: error: {e}', file=sys.stderr)
     return 2
   except KeyboardInterrupt:

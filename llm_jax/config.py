@@ -54,7 +54,14 @@ def base_config() -> ml_collections.ConfigDict:
     weight_decay=0.1,
     clip_norm=1.0,  # 0 disables clipping
   )
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  # Axis sizes (-1: all remaining devices); dcn_* = how much of each axis spans slices/hosts.
+  c.mesh = dict(
+    data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1, rules=sharding.DEFAULT_RULES
+  )
+  # Multi-process runs: set here, or auto-detected on Cloud TPU and under SLURM.
+  c.distributed = dict(
+    coordinator_address='', num_processes=1, process_id=0, timeout_s=300, auto_detect=True
+  )
   c.ckpt = dict(every_steps=1000, max_to_keep=3)  # and always at the last step
   # offline needs no account or network; upload later: wandb sync WORKDIR/wandb/offline-run-*
   c.wandb = dict(mode='offline', project='llm_jax', entity='', group='', name='')
@@ -99,6 +106,20 @@ def _choice(cfg, section: str, field: str, choices) -> None:
   _check(
     value in choices, f'{section}.{field}={value!r} must be one of {", ".join(map(str, choices))}'
   )
+
+
+def validate_distributed(d) -> None:
+  """Checks `distributed.*` alone: it is needed before any device can be counted."""
+  _check(d.num_processes >= 1, f'distributed.num_processes={d.num_processes} must be >= 1')
+  _check(
+    0 <= d.process_id < d.num_processes,
+    f'distributed.process_id={d.process_id} must be in [0, {d.num_processes})',
+  )
+  _check(
+    d.num_processes == 1 or d.coordinator_address.rpartition(':')[2].isdigit(),
+    'distributed.coordinator_address (host:port) is required when num_processes > 1',
+  )
+  _check(d.timeout_s > 0, f'distributed.timeout_s={d.timeout_s} must be positive')
 
 
 def validate(cfg, num_devices: int, backend: str) -> None:
@@ -151,8 +172,11 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   )
   try:
     data, fsdp, tensor = sharding.mesh_shape(cfg.mesh, num_devices)
+    sharding.dcn_shape(cfg.mesh, (data, fsdp, tensor))
+    sharding.check_rules(cfg.mesh.rules)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  validate_distributed(cfg.distributed)
   _check(
     tensor == 1 or m.n_head % tensor == 0,
     f'model.n_head={m.n_head} must be divisible by mesh.tensor={tensor}',

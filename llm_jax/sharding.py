@@ -1,23 +1,31 @@
 """Device mesh and logical-axis sharding rules: the only place that names mesh axes.
 
-Parameters and activations carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`,
-`layers`, `batch`, `length`); one rules table maps each name to a mesh axis (or tuple of axes,
-or None for replicated). Changing the table or the mesh shape changes the parallelism strategy
-without touching model code.
+Parameters carry logical axis names where they are created (`vocab`, `embed`, `heads`, `kv`,
+`mlp`, `layers`); activations are constrained with their own names (`batch`, `length`,
+`act_embed`). One rules table (`mesh.rules` in the config) maps each name to a mesh axis, a tuple
+of axes, or None (replicated). Data parallel, FSDP (ZeRO-3), tensor parallel and their mixes are
+then only a matter of mesh shape and rules; model code never names a mesh axis.
 """
 
+import contextlib
+import contextvars
 import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
+LOGICAL_AXES = ('batch', 'length', 'act_embed', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'layers')
 
-# Data parallel over `data`, ZeRO-3 over `fsdp`, Megatron tensor parallel over `tensor`.
+# Batch over data×fsdp; weights' `embed` dimension over fsdp (ZeRO-3: each device holds a slice
+# of every parameter and its optimizer state); heads, MLP and vocabulary over tensor (Megatron).
+# The residual stream (`act_embed`) stays whole on each device between blocks.
 DEFAULT_RULES = (
   ('batch', ('data', 'fsdp')),
   ('length', None),
+  ('act_embed', None),
   ('vocab', 'tensor'),
   ('embed', 'fsdp'),
   ('heads', 'tensor'),
@@ -25,6 +33,30 @@ DEFAULT_RULES = (
   ('mlp', 'tensor'),
   ('layers', None),
 )
+
+_ACTIVATIONS: contextvars.ContextVar = contextvars.ContextVar('activation_sharding', default=None)
+
+
+def check_rules(rules) -> None:
+  """ValueError naming the first rule with an unknown logical name or mesh axis, or a repeat."""
+  seen = set()
+  for entry in rules:
+    if len(entry) != 2:
+      raise ValueError(f'mesh.rules entry {entry!r} must be (logical_name, mesh_axes)')
+    name, axes = entry
+    if name not in LOGICAL_AXES:
+      raise ValueError(
+        f'mesh.rules: unknown logical axis {name!r}; known: {", ".join(LOGICAL_AXES)}'
+      )
+    if name in seen:
+      raise ValueError(f'mesh.rules: logical axis {name!r} has two rules')
+    seen.add(name)
+    for axis in (axes,) if isinstance(axes, str) else axes or ():
+      if axis not in MESH_AXES:
+        raise ValueError(f'mesh.rules: {name!r} maps to unknown mesh axis {axis!r}')
+  missing = [n for n in LOGICAL_AXES if n not in seen]
+  if missing:
+    raise ValueError(f'mesh.rules: no rule for logical axis {missing[0]!r}')
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
@@ -50,17 +82,31 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   return tuple(sizes[axis] for axis in MESH_AXES)
 
 
+def dcn_shape(mesh_cfg, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Per-axis factors that span slices or processes (DCN); each must divide its axis."""
+  dcn = tuple(int(mesh_cfg[f'dcn_{axis}']) for axis in MESH_AXES)
+  for axis, size, factor in zip(MESH_AXES, shape, dcn, strict=True):
+    if factor < 1 or size % factor:
+      raise ValueError(f'mesh.dcn_{axis}={factor} must be a positive divisor of mesh.{axis}={size}')
+  return dcn
+
+
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-  """The (data, fsdp, tensor) mesh over `devices` (default: all)."""
+  """The (data, fsdp, tensor) mesh over `devices` (default: all, across processes)."""
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))
-  # Auto axes keep GSPMD propagation; Explicit axes (make_mesh's default) reject the
+  dcn = dcn_shape(mesh_cfg, shape)
+  if math.prod(dcn) == 1:
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  else:
+    # Slices on TPU; processes (hosts) elsewhere, where devices carry no slice index.
+    ici = tuple(s // d for s, d in zip(shape, dcn, strict=True))
+    grid = mesh_utils.create_hybrid_device_mesh(
+      ici, dcn, devices, process_is_granule=getattr(devices[0], 'slice_index', None) is None
+    )
+  # Auto axes keep GSPMD propagation; Explicit axes (jax.make_mesh's default) reject the
   # sharded contractions tensor parallelism needs.
-  return Mesh(
-    np.asarray(devices).reshape(shape),
-    MESH_AXES,
-    axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-  )
+  return Mesh(np.asarray(grid), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
 def logical_to_mesh(names, rules=DEFAULT_RULES) -> PartitionSpec:
@@ -69,7 +115,11 @@ def logical_to_mesh(names, rules=DEFAULT_RULES) -> PartitionSpec:
   unknown = [n for n in names if n is not None and n not in table]
   if unknown:
     raise ValueError(f'logical axis {unknown[0]!r} has no sharding rule')
-  return PartitionSpec(*(table[n] if n is not None else None for n in names))
+  spec = [table[n] if n is not None else None for n in names]
+  used = [a for axes in spec for a in ((axes,) if isinstance(axes, str) else axes or ())]
+  if len(used) != len(set(used)):
+    raise ValueError(f'mesh.rules map {tuple(names)} onto one mesh axis twice: {tuple(spec)}')
+  return PartitionSpec(*spec)
 
 
 def named_sharding(mesh: Mesh, names, rules=DEFAULT_RULES) -> NamedSharding:
@@ -87,3 +137,22 @@ def tree_shardings(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules=DEFAULT_RULES):
+  """Makes `constrain` active while a step is traced under `mesh` and `rules`."""
+  token = _ACTIVATIONS.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVATIONS.reset(token)
+
+
+def constrain(x: jax.Array, names) -> jax.Array:
+  """Pins activation `x` to the sharding its logical `names` give; unchanged outside a step."""
+  active = _ACTIVATIONS.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  return jax.lax.with_sharding_constraint(x, named_sharding(mesh, names, rules))

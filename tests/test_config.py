@@ -90,3 +90,19 @@ def test_invalid_values_name_the_field(field, value, message):
 def test_unknown_preset():
   with pytest.raises(config.ConfigError, match="unknown preset 'gpt_huge'"):
     config.preset('gpt_huge')
+
+
+@pytest.mark.parametrize(
+  'values, message',
+  [
+    (dict(num_processes=2), 'distributed.coordinator_address \\(host:port\\) is required'),
+    (dict(num_processes=2, coordinator_address='localhost'), 'coordinator_address'),
+    (dict(num_processes=2, process_id=2, coordinator_address='h:1'), 'process_id=2 must be in'),
+    (dict(num_processes=0), 'distributed.num_processes=0'),
+  ],
+)
+def test_bad_distributed_settings_name_the_field(values, message):
+  cfg = tiny_config()
+  cfg.distributed.update(values)
+  with pytest.raises(config.ConfigError, match=message):
+    config.validate_distributed(cfg.distributed)

@@ -28,3 +28,9 @@ def test_eval_batches_span_the_whole_text():
 def test_text_shorter_than_a_window_is_a_clear_error():
   with pytest.raises(ValueError, match='fewer than one window'):
     loader.train_batch(TOKENS[:10], 0, batch_size=1, seq_len=16, seed=0)
+
+
+def test_process_rows_are_slices_of_the_global_batch():
+  whole = loader.train_batch(TOKENS, 3, batch_size=8, seq_len=16, seed=0)
+  part = loader.train_batch(TOKENS, 3, batch_size=8, seq_len=16, seed=0, rows=slice(4, 8))
+  np.testing.assert_array_equal(part.inputs, whole.inputs[4:8])

@@ -2,15 +2,26 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from llm_jax import models, sharding
+from llm_jax import config, models, sharding
 from llm_jax.train import loop
 from tests.conftest import tiny_config
 
+STRATEGIES = {
+  'data=8': dict(data=8),
+  'fsdp=8': dict(data=1, fsdp=8),
+  'tensor=2×data=4': dict(data=4, tensor=2),
+  'fsdp=4×tensor=2': dict(data=1, fsdp=4, tensor=2),
+  'data=2×fsdp=2×tensor=2': dict(data=2, fsdp=2, tensor=2),
+}
 
-def mesh_cfg(data=-1, fsdp=1, tensor=1):
-  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+def mesh_cfg(data=-1, fsdp=1, tensor=1, **dcn):
+  return ml_collections.ConfigDict(
+    dict(data=data, fsdp=fsdp, tensor=tensor, dcn_data=1, dcn_fsdp=1, dcn_tensor=1) | dcn
+  )
 
 
 def test_mesh_shape_resolves_minus_one():
@@ -32,51 +43,100 @@ def test_bad_meshes_name_the_axis(cfg, message):
     sharding.mesh_shape(cfg, 8)
 
 
+def test_dcn_factors_must_divide_their_axis():
+  assert sharding.dcn_shape(mesh_cfg(dcn_data=2), (8, 1, 1)) == (2, 1, 1)
+  with pytest.raises(ValueError, match='mesh.dcn_fsdp=3 must be a positive divisor of mesh.fsdp=4'):
+    sharding.dcn_shape(mesh_cfg(dcn_fsdp=3), (2, 4, 1))
+
+
 def test_rules_map_logical_names_to_mesh_axes():
   assert sharding.logical_to_mesh(('embed', 'mlp')) == P('fsdp', 'tensor')
   assert sharding.logical_to_mesh(('batch', 'length')) == P(('data', 'fsdp'), None)
   assert sharding.logical_to_mesh((None, 'heads', 'kv')) == P(None, 'tensor', None)
   with pytest.raises(ValueError, match="'hidden' has no sharding rule"):
     sharding.logical_to_mesh(('hidden',))
+  with pytest.raises(ValueError, match='onto one mesh axis twice'):
+    sharding.logical_to_mesh(('embed', 'mlp'), (('embed', 'tensor'), ('mlp', 'tensor')))
 
 
-def _state(mesh_axes):
+@pytest.mark.parametrize(
+  'rules, message',
+  [
+    ((('hidden', 'fsdp'),) + sharding.DEFAULT_RULES, "unknown logical axis 'hidden'"),
+    (sharding.DEFAULT_RULES[:-1] + (('layers', 'pipeline'),), "unknown mesh axis 'pipeline'"),
+    (sharding.DEFAULT_RULES[1:], "no rule for logical axis 'batch'"),
+    (sharding.DEFAULT_RULES + (('kv', None),), "'kv' has two rules"),
+  ],
+)
+def test_bad_rules_are_config_errors(rules, message):
+  cfg = tiny_config()
+  cfg.mesh.rules = rules
+  with pytest.raises(config.ConfigError, match=message):
+    config.validate(cfg, num_devices=8, backend='cpu')
+
+
+def _steps(mesh_axes, devices=None):
   cfg = tiny_config()
   cfg.mesh.update(mesh_axes)
   model_cfg = models.model_config(cfg.model, vocab_size=64)
-  mesh = sharding.make_mesh(cfg.mesh)
+  mesh = sharding.make_mesh(cfg.mesh, devices)
   return cfg, mesh, loop.build_steps(cfg, model_cfg, mesh)
 
 
-def test_params_and_optimizer_state_follow_the_rules():
-  _, mesh, (_, state, _, _) = _state(dict(data=2, fsdp=2, tensor=2))
-  assert dict(mesh.shape) == {'data': 2, 'fsdp': 2, 'tensor': 2}
-  fc = state.params['blocks'][0]['mlp']['fc']['kernel'][...]
-  assert fc.sharding.spec == P('fsdp', 'tensor')
-  qkv = state.params['blocks'][0]['attn']['qkv']['kernel'][...]
-  assert qkv.sharding.spec == P('fsdp', None, 'tensor', None)
+@pytest.mark.parametrize('strategy', STRATEGIES)
+def test_every_parameter_and_moment_is_sharded_as_the_rules_say(strategy):
+  cfg, mesh, steps = _steps(STRATEGIES[strategy])
+  state = steps.init()
+  logical = nnx.get_partition_spec(steps.abstract.params)
+  is_spec = lambda x: isinstance(x, P)
+  expected = [
+    sharding.logical_to_mesh(tuple(s), cfg.mesh.rules)
+    for s in jax.tree.leaves(logical, is_leaf=is_spec)
+  ]
+  assert [p.sharding.spec for p in jax.tree.leaves(state.params)] == expected
   adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
-  assert adam.mu['blocks'][0]['mlp']['fc']['kernel'][...].sharding.spec == P('fsdp', 'tensor')
+  assert [m.sharding.spec for m in jax.tree.leaves(adam.mu)] == expected
+  assert [m.sharding.spec for m in jax.tree.leaves(adam.nu)] == expected
   assert adam.count.sharding.spec == P()
-  # An fsdp×tensor-sharded kernel holds a quarter of the matrix on each device.
-  assert fc.addressable_shards[0].data.shape == (fc.shape[0] // 2, fc.shape[1] // 2)
 
 
-def test_losses_agree_across_parallelism_strategies():
-  losses = {}
-  for name, axes in {
-    'data': dict(data=8),
-    'fsdp': dict(data=1, fsdp=8),
-    'fsdp×tensor': dict(data=2, fsdp=2, tensor=2),
-  }.items():
-    cfg, mesh, (_, state, train_step, _) = _state(axes)
-    rng = np.random.default_rng(0)
-    history = []
-    put = lambda a, mesh=mesh: jax.device_put(a, loop.batch_sharding(mesh))
-    for _ in range(3):
-      x = rng.integers(0, 64, (16, 65), dtype=np.int32)
-      state, metrics = train_step(state, put(x[:, :-1]), put(x[:, 1:]))
-      history.append(float(metrics['loss']))
-    losses[name] = history
-  np.testing.assert_allclose(losses['fsdp'], losses['data'], rtol=1e-5)
-  np.testing.assert_allclose(losses['fsdp×tensor'], losses['data'], rtol=1e-5)
+def test_fsdp_holds_an_eighth_of_the_parameters_per_device():
+  _, _, steps = _steps(STRATEGIES['fsdp=8'])
+  state = steps.init()
+  total = sum(p.nbytes for p in jax.tree.leaves(state.params))
+  on_device0 = sum(
+    s.data.nbytes
+    for p in jax.tree.leaves(state.params)
+    for s in p.addressable_shards
+    if s.device == jax.devices()[0]
+  )
+  assert on_device0 / total == pytest.approx(1 / 8, rel=0.1)
+
+
+def _losses(steps, mesh, num_steps=5):
+  state = steps.init()
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(num_steps):
+    x = rng.integers(0, 64, (16, 65), dtype=np.int32)
+    put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
+    state, metrics = steps.train(state, put(x[:, :-1]), put(x[:, 1:]))
+    losses.append(float(metrics['loss']))
+  return losses
+
+
+def test_every_strategy_trains_like_one_device():
+  _, one_mesh, one = _steps(dict(data=1), devices=jax.devices()[:1])
+  reference = _losses(one, one_mesh)
+  assert reference[-1] < reference[0]
+  for strategy, axes in STRATEGIES.items():
+    _, mesh, steps = _steps(axes)
+    np.testing.assert_allclose(_losses(steps, mesh), reference, atol=1e-4, err_msg=strategy)
+
+
+def test_activations_are_constrained_at_block_boundaries():
+  cfg, mesh, steps = _steps(STRATEGIES['fsdp=4×tensor=2'])
+  batch = jax.ShapeDtypeStruct((16, 64), np.int32, sharding=loop.batch_sharding(mesh))
+  hlo = steps.train.lower(steps.abstract, batch, batch).as_text()
+  # One constraint before and after each of the 2 blocks, in the forward and backward pass.
+  assert hlo.count('sdy.sharding_constraint') >= 2 * cfg.model.n_layer

@@ -48,7 +48,8 @@ def test_same_seed_gives_identical_losses(tmp_path):
 def _one_step_params(cfg, batch):
   model_cfg = models.model_config(cfg.model, vocab_size=80)
   mesh = sharding.make_mesh(cfg.mesh)
-  _, state, train_step, _ = loop.build_steps(cfg, model_cfg, mesh)
+  steps = loop.build_steps(cfg, model_cfg, mesh)
+  state, train_step = steps.init(), steps.train
   put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
   state, metrics = train_step(state, put(batch.inputs), put(batch.targets))
   return jax.device_get(state.params), float(metrics['loss'])
@@ -70,7 +71,8 @@ def test_overfits_one_batch():
   cfg.train.steps = 150
   model_cfg = models.model_config(cfg.model, vocab_size=80)
   mesh = sharding.make_mesh(cfg.mesh)
-  _, state, train_step, _ = loop.build_steps(cfg, model_cfg, mesh)
+  steps = loop.build_steps(cfg, model_cfg, mesh)
+  state, train_step = steps.init(), steps.train
   tokens = np.random.default_rng(0).integers(0, 80, 1000).astype(np.uint16)
   batch = loader.train_batch(tokens, 0, batch_size=8, seq_len=64, seed=0)
   put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))

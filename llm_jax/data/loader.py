@@ -28,13 +28,22 @@ def _check_length(tokens: np.ndarray, seq_len: int, name: str) -> None:
 
 
 def train_batch(
-  tokens: np.ndarray, step: int, *, batch_size: int, seq_len: int, seed: int
+  tokens: np.ndarray,
+  step: int,
+  *,
+  batch_size: int,
+  seq_len: int,
+  seed: int,
+  rows: slice = slice(None),
 ) -> Batch:
-  """The training batch for `step`: random windows, a function of (seed, step) alone."""
+  """Rows `rows` of the training batch for `step`: random windows, a function of (seed, step).
+
+  Every process draws the same window offsets and reads only the rows its devices hold.
+  """
   _check_length(tokens, seq_len, 'training text')
   rng = np.random.default_rng([seed, step])
   starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
-  return _windows(tokens, starts, seq_len)
+  return _windows(tokens, starts[rows], seq_len)
 
 
 def eval_batches(

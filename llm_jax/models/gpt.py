@@ -14,9 +14,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm_jax.sharding import constrain
+
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 ATTENTION = ('auto', 'xla', 'cudnn')
 POSITIONS = ('learned', 'rope')
+RESIDUAL = ('batch', 'length', 'act_embed')  # logical axes of the residual stream (B, T, C)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,5 +192,5 @@ class GPT(nnx.Module):
       x = x + self.wpe(jnp.arange(tokens.shape[1]))
     x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
     for block in self.blocks:
-      x = block(x, rngs)
+      x = constrain(block(constrain(x, RESIDUAL), rngs), RESIDUAL)
     return self.wte.attend(self.ln_f(x)).astype(jnp.float32)  # tied output projection

@@ -4,9 +4,13 @@ import collections
 import json
 import pathlib
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from llm_jax import checkpoint, data, generate, models, perf, sharding, tracking
 from llm_jax import config as config_lib
@@ -32,14 +36,35 @@ def _model_config(cfg, tokenizer):
   return model_cfg
 
 
-def batch_sharding(mesh):
-  return sharding.named_sharding(mesh, ('batch', 'length'))
+def batch_sharding(mesh, rules=sharding.DEFAULT_RULES):
+  return sharding.named_sharding(mesh, ('batch', 'length'), rules)
 
 
-def build_steps(cfg, model_cfg, mesh):
-  """(graphdef, initial state, jitted train_step, jitted eval_step) with explicit shardings."""
+class Steps(NamedTuple):
+  """A model's training state layout and its jitted functions."""
+
+  graphdef: nnx.GraphDef
+  abstract: step_lib.TrainState  # ShapeDtypeStructs carrying the shardings
+  init: Callable[[], step_lib.TrainState]
+  train: Callable  # (state, inputs, targets) -> (state, metrics); donates state
+  eval: Callable  # (params, inputs, targets) -> mean loss
+
+
+def _traced_with_activation_sharding(fn, mesh, rules):
+  def traced(*args):
+    with sharding.activation_sharding(mesh, rules):
+      return fn(*args)
+
+  return traced
+
+
+def build_steps(cfg, model_cfg, mesh) -> Steps:
+  """The state layout and jitted init/train/eval functions, with explicit shardings."""
+  rules = cfg.mesh.rules
   tx = optim.make(cfg.optimizer, cfg.train.steps)
-  graphdef, state, state_shardings = step_lib.init_state(model_cfg, tx, mesh, cfg.train.seed)
+  graphdef, abstract, shardings = step_lib.state_shardings(
+    model_cfg, tx, mesh, cfg.train.seed, rules
+  )
   train_step = step_lib.make_train_step(
     graphdef,
     tx,
@@ -48,35 +73,52 @@ def build_steps(cfg, model_cfg, mesh):
     dropout=model_cfg.dropout > 0,
     seed=cfg.train.seed,
   )
-  batch, replicated = batch_sharding(mesh), sharding.replicated(mesh)
+  batch, replicated = batch_sharding(mesh, rules), sharding.replicated(mesh)
   train_step = jax.jit(
-    train_step,
-    in_shardings=(state_shardings, batch, batch),
-    out_shardings=(state_shardings, replicated),
+    _traced_with_activation_sharding(train_step, mesh, rules),
+    in_shardings=(shardings, batch, batch),
+    out_shardings=(shardings, replicated),
     donate_argnums=0,
   )
   eval_step = jax.jit(
-    step_lib.make_eval_step(graphdef),
-    in_shardings=(state_shardings.params, batch, batch),
+    _traced_with_activation_sharding(step_lib.make_eval_step(graphdef), mesh, rules),
+    in_shardings=(shardings.params, batch, batch),
     out_shardings=replicated,
   )
-  return graphdef, state, train_step, eval_step
+  init = step_lib.make_init(model_cfg, tx, cfg.train.seed, shardings)
+  return Steps(graphdef, abstract, init, train_step, eval_step)
+
+
+def local_rows(batch_sharding, global_shape) -> slice:
+  """The rows of a global batch that this process's devices hold."""
+  index = batch_sharding.addressable_devices_indices_map(global_shape).values()
+  lo = min(i[0].start or 0 for i in index)
+  hi = max(global_shape[0] if i[0].stop is None else i[0].stop for i in index)
+  return slice(lo, hi)
 
 
 class Trainer:
-  """Everything a run needs, built once: data, mesh, state and the compiled steps."""
+  """Everything a run needs, built once: data, mesh, state layout and the jitted steps.
 
-  def __init__(self, cfg, workdir: pathlib.Path):
+  `state` stays None until `init_state` or a checkpoint restore fills it, so a dry run and a
+  resumed run never allocate a fresh model.
+  """
+
+  def __init__(self, cfg, workdir: pathlib.Path | None):
     config_lib.validate(cfg, jax.device_count(), jax.default_backend())
-    workdir.mkdir(parents=True, exist_ok=True)
-    self.cfg, self.workdir = cfg, workdir
-    self.dataset = data.load(cfg.data.source, workdir)
+    self.cfg = cfg
+    is_writer = workdir is not None and jax.process_index() == 0
+    if is_writer:
+      workdir.mkdir(parents=True, exist_ok=True)
+    self.dataset = data.load(cfg.data.source, workdir if is_writer else None)
     self.model_cfg = _model_config(cfg, self.dataset.tokenizer)
     self.mesh = sharding.make_mesh(cfg.mesh)
-    self.graphdef, self.state, self.train_step, self.eval_step = build_steps(
-      cfg, self.model_cfg, self.mesh
-    )
-    self.batch_sharding = batch_sharding(self.mesh)
+    self.steps = build_steps(cfg, self.model_cfg, self.mesh)
+    self.train_step = self.steps.train
+    self.batch_sharding = batch_sharding(self.mesh, cfg.mesh.rules)
+    self.global_shape = (cfg.train.batch_size, cfg.data.seq_len)
+    self.rows = local_rows(self.batch_sharding, self.global_shape)
+    self.state = None
     held_out = loader.eval_batches(
       self.dataset.validation,
       num_batches=cfg.eval.batches,
@@ -85,38 +127,48 @@ class Trainer:
     )
     self.eval_set = [self._put(b) for b in held_out]  # on device once, reused by every eval
 
+  def init_state(self) -> None:
+    self.state = self.steps.init()
+
   def batch(self, step: int):
+    """This process's rows of the training batch for `step`, as global arrays."""
     b = loader.train_batch(
       self.dataset.train,
       step,
       batch_size=self.cfg.train.batch_size,
       seq_len=self.cfg.data.seq_len,
       seed=self.cfg.train.seed,
+      rows=self.rows,
     )
-    return self._put(b)
+    return self._global(b.inputs, self.global_shape), self._global(b.targets, self.global_shape)
+
+  def _global(self, local, global_shape):
+    return jax.make_array_from_process_local_data(self.batch_sharding, local, global_shape)
 
   def _put(self, b: loader.Batch):
-    return (
-      jax.device_put(b.inputs, self.batch_sharding),
-      jax.device_put(b.targets, self.batch_sharding),
+    """A whole host batch (same on every process) as global arrays."""
+    rows = local_rows(self.batch_sharding, b.inputs.shape)
+    return self._global(b.inputs[rows], b.inputs.shape), self._global(
+      b.targets[rows], b.inputs.shape
     )
 
   def compile(self) -> float:
-    """Ahead-of-time compile of the train step; returns seconds spent."""
+    """Ahead-of-time compile of the train step from the abstract state; returns seconds."""
     start = time.perf_counter()
-    self.train_step = self.train_step.lower(self.state, *self.batch(0)).compile()
+    batch = jax.ShapeDtypeStruct(self.global_shape, jnp.int32, sharding=self.batch_sharding)
+    self.train_step = self.steps.train.lower(self.steps.abstract, batch, batch).compile()
     return time.perf_counter() - start
 
   def evaluate(self) -> float:
     """Mean held-out loss (nats/token) over the fixed evaluation windows."""
-    losses = [self.eval_step(self.state.params, *batch) for batch in self.eval_set]
+    losses = [self.steps.eval(self.state.params, *batch) for batch in self.eval_set]
     return float(np.mean(jax.device_get(losses)))
 
   def sample(self) -> str:
     s, tok = self.cfg.sample, self.dataset.tokenizer
     prompt = tok.encode(s.prompt)
     ids = generate.generate(
-      self.graphdef,
+      self.steps.graphdef,
       self.state.params,
       prompt,
       max_new_tokens=s.max_new_tokens,
@@ -137,11 +189,12 @@ def _log_facts(tracker, trainer, compile_s: float) -> None:
 
 
 def _resume(trainer, ckpt, tracker) -> int:
-  """Restores the latest complete checkpoint, if any; returns the step to continue from."""
+  """Restores the latest complete checkpoint, or initialises; returns the step to continue from."""
   start = ckpt.latest_step()
   if start is None:
+    trainer.init_state()
     return 0
-  trainer.state = ckpt.restore(start, trainer.state)
+  trainer.state = ckpt.restore(start, trainer.steps.abstract)
   tracker.print(f'resumed from {ckpt.directory / str(start)}')
   tracker.advance(start)
   return start
@@ -199,7 +252,8 @@ def train(cfg, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   _check_resumable(cfg, workdir)
   trainer = Trainer(cfg, workdir)
-  (workdir / CONFIG_FILE).write_text(cfg.to_json_best_effort(indent=2) + '\n')
+  if jax.process_index() == 0:
+    (workdir / CONFIG_FILE).write_text(cfg.to_json_best_effort(indent=2) + '\n')
   ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
   tracker = tracking.Tracker(
     workdir, cfg, total_steps=cfg.train.steps, active=jax.process_index() == 0

@@ -26,13 +26,12 @@ def cross_entropy(logits, targets):
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def init_state(model_cfg, tx, mesh, seed: int):
-  """(graphdef, state, state_shardings): parameters created directly on their shardings."""
-
+def state_shardings(model_cfg, tx, mesh, seed: int, rules):
+  """(graphdef, abstract state, shardings): the training state's layout, nothing allocated."""
   graphdef, abstract_params = nnx.split(
     nnx.eval_shape(lambda: models.build(model_cfg, seed)), nnx.Param
   )
-  param_shardings = sharding.tree_shardings(nnx.get_partition_spec(abstract_params), mesh)
+  param_shardings = sharding.tree_shardings(nnx.get_partition_spec(abstract_params), mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   # Optimizer moments follow their parameters; scalars such as step counts are replicated.
   opt_shardings = optax.tree_map_params(
@@ -43,12 +42,21 @@ def init_state(model_cfg, tx, mesh, seed: int):
     transform_non_params=lambda _: sharding.replicated(mesh),
   )
   shardings = TrainState(sharding.replicated(mesh), param_shardings, opt_shardings)
+  abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params, abstract_opt)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
+  return graphdef, abstract, shardings
+
+
+def make_init(model_cfg, tx, seed: int, shardings):
+  """A jitted function creating the initial state directly on its shardings."""
 
   def init():
     params = nnx.state(models.build(model_cfg, seed), nnx.Param)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
-  return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
+  return jax.jit(init, out_shardings=shardings)
 
 
 def make_train_step(graphdef, tx, schedule, *, accum_steps: int, dropout: bool, seed: int):
