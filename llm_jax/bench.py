@@ -151,8 +151,8 @@ def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None)
   if reference and mismatch:
     raise config_lib.ConfigError(f'--reference: {mismatch}')
   mesh = sharding.make_mesh(cfg.mesh)
-  steps = loop.build_steps(cfg, model_cfg, mesh)
-  state, train_step = steps.init(), steps.train
+  built = loop.build_steps(cfg, model_cfg, mesh)
+  state, train_step = built.init(), built.train
   b, t = cfg.train.batch_size, cfg.data.seq_len
   tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, (b, t + 1), dtype=np.int32)
   put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))

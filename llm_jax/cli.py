@@ -30,6 +30,9 @@ def _define_flags(argv) -> flags.FlagValues:
   flags.DEFINE_string(
     'workdir', None, 'train: run directory (metrics, config, tokenizer).', flag_values=fv
   )
+  flags.DEFINE_bool(
+    'dry_run', False, 'train: compile, print per-device memory and shardings, exit.', flag_values=fv
+  )
   flags.DEFINE_integer('steps', 20, 'bench: timed steps.', flag_values=fv)
   flags.DEFINE_integer('warmup', 3, 'bench: untimed warm-up steps.', flag_values=fv)
   flags.DEFINE_enum(
@@ -96,6 +99,11 @@ def _parse(argv) -> flags.FlagValues:
 def _train(fv) -> int:
   from llm_jax.train import loop
 
+  if fv.dry_run:
+    from llm_jax.train import plan
+
+    print(plan.dry_run(loop.Trainer(fv.config, workdir=None)))
+    return 0
   if not fv.workdir:
     raise UsageError('--workdir is required for train')
   summary = loop.train(fv.config, fv.workdir)

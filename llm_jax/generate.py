@@ -11,8 +11,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def _pick(logits, key, temperature: float, top_k: int):
-  """One token id from fp32 logits (V,): greedy at temperature 0, else top-k sampling."""
+def _pick(logits, key, temperature: float, top_k: int, vocab_size: int):
+  """One id below `vocab_size` from fp32 logits (V,): greedy at temperature 0, else top-k."""
+  logits = jnp.where(jnp.arange(logits.shape[0]) < vocab_size, logits, -jnp.inf)  # padding ids
   if temperature == 0:
     return jnp.argmax(logits)
   logits = logits / temperature
@@ -22,8 +23,10 @@ def _pick(logits, key, temperature: float, top_k: int):
   return jax.random.categorical(key, logits)
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'max_new_tokens', 'temperature', 'top_k'))
-def _generate(graphdef, params, prompt, key, *, max_new_tokens, temperature, top_k):
+@functools.partial(
+  jax.jit, static_argnames=('graphdef', 'max_new_tokens', 'temperature', 'top_k', 'vocab_size')
+)
+def _generate(graphdef, params, prompt, key, *, max_new_tokens, temperature, top_k, vocab_size):
   model = nnx.merge(graphdef, params)
   n, total = prompt.shape[0], prompt.shape[0] + max_new_tokens
   window = min(model.cfg.block_size, total)
@@ -33,7 +36,8 @@ def _generate(graphdef, params, prompt, key, *, max_new_tokens, temperature, top
     start = jnp.clip(t - window, 0, total - window)
     context = jax.lax.dynamic_slice(tokens, (start,), (window,))
     logits = model(context[None])[0, t - 1 - start]
-    return tokens.at[t].set(_pick(logits, jax.random.fold_in(key, t), temperature, top_k))
+    token = _pick(logits, jax.random.fold_in(key, t), temperature, top_k, vocab_size)
+    return tokens.at[t].set(token)
 
   return jax.lax.fori_loop(n, total, body, tokens)
 
@@ -47,8 +51,12 @@ def generate(
   temperature: float = 1.0,
   top_k: int = 0,
   seed: int = 0,
+  vocab_size: int | None = None,
 ) -> jax.Array:
-  """Prompt followed by `max_new_tokens` sampled ids, as a 1-D int32 array."""
+  """Prompt followed by `max_new_tokens` sampled ids, as a 1-D int32 array.
+
+  `vocab_size`: the tokenizer's size; ids at or above it (vocabulary padding) are never sampled.
+  """
   if len(prompt_ids) == 0:
     raise ValueError('the prompt must hold at least one token')
   prompt = jnp.asarray(prompt_ids, jnp.int32)
@@ -60,4 +68,5 @@ def generate(
     max_new_tokens=max_new_tokens,
     temperature=float(temperature),
     top_k=int(top_k),
+    vocab_size=int(vocab_size or nnx.merge(graphdef, params).cfg.vocab_size),
   )

@@ -51,7 +51,7 @@ def check_rules(rules) -> None:
     if name in seen:
       raise ValueError(f'mesh.rules: logical axis {name!r} has two rules')
     seen.add(name)
-    for axis in (axes,) if isinstance(axes, str) else axes or ():
+    for axis in _axes_of(axes):
       if axis not in MESH_AXES:
         raise ValueError(f'mesh.rules: {name!r} maps to unknown mesh axis {axis!r}')
   missing = [n for n in LOGICAL_AXES if n not in seen]
@@ -116,7 +116,7 @@ def logical_to_mesh(names, rules=DEFAULT_RULES) -> PartitionSpec:
   if unknown:
     raise ValueError(f'logical axis {unknown[0]!r} has no sharding rule')
   spec = [table[n] if n is not None else None for n in names]
-  used = [a for axes in spec for a in ((axes,) if isinstance(axes, str) else axes or ())]
+  used = [a for axes in spec for a in _axes_of(axes)]
   if len(used) != len(set(used)):
     raise ValueError(f'mesh.rules map {tuple(names)} onto one mesh axis twice: {tuple(spec)}')
   return PartitionSpec(*spec)
@@ -133,6 +133,26 @@ def tree_shardings(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
     logical_specs,
     is_leaf=lambda x: isinstance(x, PartitionSpec),
   )
+
+
+def _axes_of(axes) -> tuple[str, ...]:
+  return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def check_divisible(logical_specs, shapes, mesh: Mesh, rules=DEFAULT_RULES) -> None:
+  """ValueError naming the first parameter dimension that its mesh axes do not divide evenly."""
+  table = dict(rules)
+  specs = jax.tree.leaves_with_path(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  for (path, spec), leaf in zip(specs, jax.tree.leaves(shapes), strict=True):
+    for size, name in zip(leaf.shape, spec, strict=True):
+      axes = _axes_of(table.get(name)) if name else ()
+      parts = math.prod(mesh.shape[a] for a in axes)
+      if size % parts:
+        where = '/'.join(str(k.key) for k in path if hasattr(k, 'key'))
+        raise ValueError(
+          f'{where}: its {name!r} dimension ({size}) does not divide over mesh axes'
+          f' {"×".join(axes)} = {parts}; change mesh.{axes[0]} or the {name!r} rule in mesh.rules'
+        )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -39,19 +39,23 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert resumed['loss'] == first['loss'] and resumed['eval_loss'] == first['eval_loss']
 
 
-def test_checkpoint_restores_onto_the_target_shardings(tmp_path):
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
   cfg = tiny_config(steps=6, log_every=2)
-  loop.train(cfg, tmp_path)
-  trainer = loop.Trainer(cfg, tmp_path)
+  loop.train(cfg, tmp_path)  # saved under data=8
   ckpt = checkpoint.Checkpointer(tmp_path, cfg.ckpt)
-  restored = ckpt.restore(6, trainer.state)
+  saved = ckpt.restore(6, loop.Trainer(cfg, tmp_path).steps.abstract)
+  cfg.mesh.update(data=1, fsdp=4, tensor=2)
+  target = loop.Trainer(cfg, tmp_path).steps.abstract
+  resharded = ckpt.restore(6, target)
   ckpt.close()
-  assert int(restored.step) == 6
-  for new, fresh in zip(jax.tree.leaves(restored), jax.tree.leaves(trainer.state), strict=True):
-    assert new.sharding == fresh.sharding
-  assert not np.array_equal(
-    restored.params['wte']['embedding'][...], trainer.state.params['wte']['embedding'][...]
-  )
+  assert int(resharded.step) == 6
+  for new, want, old in zip(
+    jax.tree.leaves(resharded), jax.tree.leaves(target), jax.tree.leaves(saved), strict=True
+  ):
+    assert new.sharding == want.sharding
+    np.testing.assert_array_equal(new, old)
+  fc = resharded.params['blocks'][0]['mlp']['fc']['kernel'][...]
+  assert fc.sharding.spec == jax.sharding.PartitionSpec('fsdp', 'tensor')
 
 
 def test_a_changed_model_is_a_clear_error(tmp_path):

@@ -35,3 +35,11 @@ def test_top_k_one_is_greedy_and_sampling_depends_on_seed():
   b = generate.generate(graphdef, params, prompt, max_new_tokens=12, temperature=2.0, seed=1)
   assert not np.array_equal(a, b)
   assert jax.numpy.all((a >= 0) & (a < CFG.vocab_size))
+
+
+def test_padding_ids_are_never_sampled():
+  graphdef, params = split()
+  out = generate.generate(
+    graphdef, params, np.array([1]), max_new_tokens=50, temperature=5.0, seed=3, vocab_size=7
+  )
+  assert int(out[1:].max()) < 7

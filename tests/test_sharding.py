@@ -140,3 +140,19 @@ def test_activations_are_constrained_at_block_boundaries():
   hlo = steps.train.lower(steps.abstract, batch, batch).as_text()
   # One constraint before and after each of the 2 blocks, in the forward and backward pass.
   assert hlo.count('sdy.sharding_constraint') >= 2 * cfg.model.n_layer
+
+
+def test_a_dimension_the_mesh_cannot_split_is_a_config_error():
+  cfg = tiny_config()
+  cfg.mesh.update(data=1, fsdp=8)
+  cfg.model.n_embd = 36  # 36 / fsdp=8 does not divide; n_head=2 still divides it
+  model_cfg = models.model_config(cfg.model, vocab_size=64)
+  with pytest.raises(config.ConfigError, match="'embed' dimension \\(36\\) does not divide over"):
+    loop.build_steps(cfg, model_cfg, sharding.make_mesh(cfg.mesh))
+
+
+def test_tokenizer_vocabularies_are_padded_for_tensor_parallelism():
+  cfg = tiny_config()
+  assert models.model_config(cfg.model, vocab_size=79).vocab_size == 128
+  cfg.model.vocab_size = 100  # an explicit size is kept as given
+  assert models.model_config(cfg.model, vocab_size=79).vocab_size == 100

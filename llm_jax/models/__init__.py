@@ -7,6 +7,9 @@ from flax import nnx
 from llm_jax.models.gpt import GPT, GPTConfig
 
 MODELS = {'gpt': (GPT, GPTConfig)}
+# A vocabulary taken from the tokenizer is padded to this multiple: fast matmuls, and a vocab axis
+# that divides over tensor-parallel meshes. Padded ids never occur in data or samples.
+VOCAB_MULTIPLE = 128
 
 
 def model_config(model_cfg, vocab_size: int):
@@ -14,7 +17,7 @@ def model_config(model_cfg, vocab_size: int):
   _, config_cls = MODELS[model_cfg.name]
   fields = {f.name for f in dataclasses.fields(config_cls)}
   values = {k: v for k, v in model_cfg.items() if k in fields}
-  values['vocab_size'] = model_cfg.vocab_size or vocab_size
+  values['vocab_size'] = model_cfg.vocab_size or -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
   return config_cls(**values)
 
 

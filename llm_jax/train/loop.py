@@ -62,9 +62,12 @@ def build_steps(cfg, model_cfg, mesh) -> Steps:
   """The state layout and jitted init/train/eval functions, with explicit shardings."""
   rules = cfg.mesh.rules
   tx = optim.make(cfg.optimizer, cfg.train.steps)
-  graphdef, abstract, shardings = step_lib.state_shardings(
-    model_cfg, tx, mesh, cfg.train.seed, rules
-  )
+  try:
+    graphdef, abstract, shardings = step_lib.state_shardings(
+      model_cfg, tx, mesh, cfg.train.seed, rules
+    )
+  except ValueError as e:  # a parameter that the mesh cannot split evenly
+    raise config_lib.ConfigError(str(e)) from None
   train_step = step_lib.make_train_step(
     graphdef,
     tx,
@@ -175,6 +178,7 @@ class Trainer:
       temperature=s.temperature,
       top_k=s.top_k,
       seed=s.seed,
+      vocab_size=tok.vocab_size,
     )
     return tok.decode(np.asarray(ids))
 

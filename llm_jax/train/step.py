@@ -31,7 +31,9 @@ def state_shardings(model_cfg, tx, mesh, seed: int, rules):
   graphdef, abstract_params = nnx.split(
     nnx.eval_shape(lambda: models.build(model_cfg, seed)), nnx.Param
   )
-  param_shardings = sharding.tree_shardings(nnx.get_partition_spec(abstract_params), mesh, rules)
+  logical = nnx.get_partition_spec(abstract_params)
+  sharding.check_divisible(logical, abstract_params, mesh, rules)
+  param_shardings = sharding.tree_shardings(logical, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   # Optimizer moments follow their parameters; scalars such as step counts are replicated.
   opt_shardings = optax.tree_map_params(

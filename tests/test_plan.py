@@ -1,0 +1,50 @@
+import os
+import re
+
+import pytest
+
+from llm_jax import cli
+from llm_jax.config import ConfigError
+from llm_jax.train import loop, plan
+from tests.conftest import REPO, tiny_config
+
+
+def test_dry_run_reports_memory_and_shardings_without_allocating(capsys, tmp_path):
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    argv = ['llm-jax', 'train', '--config', 'configs/gpt_tiny.py', '--dry_run']
+    code = cli.main(
+      argv + ['--config.mesh.data=1', '--config.mesh.fsdp=4', '--config.mesh.tensor=2']
+    )
+  finally:
+    os.chdir(cwd)
+  out = capsys.readouterr().out
+  assert code == 0
+  assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 2}" in out
+  assert re.search(r"blocks/\*/mlp/fc/kernel +\(64, 256\) P\('fsdp', 'tensor'\)", out)
+  assert re.search(r"wte/embedding +\(128, 64\) P\('tensor', 'fsdp'\)", out)  # padded vocab
+  assert 'optimizer state' in out and 'temporaries' in out
+
+
+def test_plan_counts_what_one_device_holds():
+  cfg = tiny_config()
+  cfg.mesh.update(data=1, fsdp=8)
+  trainer = loop.Trainer(cfg, workdir=None)
+  assert trainer.state is None  # planning allocates no state
+  p = plan.memory_plan(trainer)
+  n_params = sum(x.size for x in __import__('jax').tree.leaves(trainer.steps.abstract.params))
+  assert p['params'] == pytest.approx(n_params * 4 / 8, rel=0.1)  # fp32, sharded 8 ways
+  assert p['opt_state'] == pytest.approx(2 * p['params'], rel=0.01)  # Adam's mu and nu
+  assert p['total'] >= p['params'] + p['opt_state']
+
+
+def test_a_plan_that_does_not_fit_names_what_to_change():
+  p = dict(params=3 * 2**30, opt_state=6 * 2**30, temporaries=10 * 2**30, total=20 * 2**30,
+           capacity=16 * 2**30)  # fmt: skip
+  with pytest.raises(
+    ConfigError, match='needs 20.00 GiB per device but a device holds 16.00 GiB: raise mesh.fsdp'
+  ):
+    plan.check_fits(p)
+  plan.check_fits(dict(p, capacity=None))  # unknown capacity (CPU): nothing to check
+  plan.check_fits(dict(p, capacity=32 * 2**30))
