@@ -99,10 +99,11 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   if math.prod(dcn) == 1:
     grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   else:
-    # Slices on TPU; processes (hosts) elsewhere, where devices carry no slice index.
+    # DCN groups are slices on multislice TPU, otherwise processes (hosts).
+    slices = {getattr(d, 'slice_index', 0) for d in devices}
     ici = tuple(s // d for s, d in zip(shape, dcn, strict=True))
     grid = mesh_utils.create_hybrid_device_mesh(
-      ici, dcn, devices, process_is_granule=getattr(devices[0], 'slice_index', None) is None
+      ici, dcn, devices, process_is_granule=len(slices) == 1
     )
   # Auto axes keep GSPMD propagation; Explicit axes (jax.make_mesh's default) reject the
   # sharded contractions tensor parallelism needs.

@@ -67,6 +67,7 @@ def test_two_processes_train_like_one(tmp_path):
         '--config.distributed.num_processes=2',
         f'--config.distributed.process_id={i}',
         f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+        '--config.mesh.dcn_data=2',  # hybrid mesh: one data factor per process
       ],
       cwd=REPO,
       env=env(4),
