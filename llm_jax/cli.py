@@ -97,6 +97,8 @@ def _parse(argv) -> flags.FlagValues:
 
 
 def _train(fv) -> int:
+  import jax
+
   from llm_jax.train import loop
 
   if fv.dry_run:
@@ -108,7 +110,7 @@ def _train(fv) -> int:
     raise UsageError('--workdir is required for train')
   summary = loop.train(fv.config, fv.workdir)
   final = ', '.join(f'{k} {summary[k]:.4f}' for k in ('eval_loss', 'loss') if k in summary)
-  if final:
+  if final and jax.process_index() == 0:  # only process 0 prints
     print(f'final {final}')
   return 0
 

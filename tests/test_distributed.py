@@ -45,46 +45,52 @@ def losses(workdir):
   ]
 
 
+WORKER = """
+import json, sys
+from llm_jax import distributed
+from llm_jax.train import loop
+from tests.conftest import tiny_config
+
+num_processes, process_id, address, workdir = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
+cfg = tiny_config(steps=6, log_every=2)
+cfg.optimizer.warmup_steps = 2
+cfg.distributed.update(
+  num_processes=num_processes, process_id=process_id, coordinator_address=address
+)
+if num_processes > 1:
+  cfg.mesh.dcn_data = 2  # a hybrid mesh: one data factor per process
+distributed.initialize(cfg.distributed)
+print(json.dumps(loop.train(cfg, workdir)))
+"""
+
+
+def worker(num_processes, process_id, address, workdir, devices):
+  return subprocess.Popen(
+    [sys.executable, '-c', WORKER, str(num_processes), str(process_id), address, str(workdir)],
+    cwd=REPO,
+    env=env(devices),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def summary(proc):
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  return json.loads(out.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
-  single = subprocess.run(
-    TRAIN + ['--workdir', str(tmp_path / 'single')],
-    cwd=REPO,
-    env=env(8),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert single.returncode == 0, single.stderr
-
-  port, workdir = free_port(), tmp_path / 'multi'
-  procs = [
-    subprocess.Popen(
-      TRAIN
-      + [
-        '--workdir',
-        str(workdir),
-        '--config.distributed.num_processes=2',
-        f'--config.distributed.process_id={i}',
-        f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-        '--config.mesh.dcn_data=2',  # hybrid mesh: one data factor per process
-      ],
-      cwd=REPO,
-      env=env(4),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outs, strict=True):
-    assert p.returncode == 0, err
-  # Process 0 logs; both print the same final line, computed over the global mesh.
-  finals = [next(line for line in out.splitlines() if line.startswith('final')) for out, _ in outs]
-  assert finals[0] == finals[1]
-  assert finals[0] in single.stdout
-  multi, one = losses(workdir), losses(tmp_path / 'single')
+  single = summary(worker(1, 0, '', tmp_path / 'single', devices=8))
+  address = f'127.0.0.1:{free_port()}'
+  procs = [worker(2, i, address, tmp_path / 'multi', devices=4) for i in range(2)]
+  first, second = [summary(p) for p in procs]
+  assert first == second  # both processes report the same global losses
+  assert first['loss'] == pytest.approx(single['loss'], abs=1e-5)
+  assert first['eval_loss'] == pytest.approx(single['eval_loss'], abs=1e-5)
+  multi, one = losses(tmp_path / 'multi'), losses(tmp_path / 'single')
   np.testing.assert_allclose(multi[0] + multi[1], one[0] + one[1], atol=1e-5)
 
 
