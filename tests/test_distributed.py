@@ -87,7 +87,8 @@ def test_two_processes_train_like_one(tmp_path):
   address = f'127.0.0.1:{free_port()}'
   procs = [worker(2, i, address, tmp_path / 'multi', devices=4) for i in range(2)]
   first, second = [summary(p) for p in procs]
-  assert first == second  # both processes report the same global losses
+  same = ('loss', 'eval_loss', 'grad_norm', 'lr')  # timings differ per process, results do not
+  assert {k: first[k] for k in same} == {k: second[k] for k in same}
   assert first['loss'] == pytest.approx(single['loss'], abs=1e-5)
   assert first['eval_loss'] == pytest.approx(single['eval_loss'], abs=1e-5)
   multi, one = losses(tmp_path / 'multi'), losses(tmp_path / 'single')
