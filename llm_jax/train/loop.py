@@ -128,7 +128,12 @@ class Trainer:
       batch_size=cfg.eval.batch_size,
       seq_len=cfg.data.seq_len,
     )
-    self.eval_set = [self._put(b) for b in held_out]  # on device once, reused by every eval
+    eval_shape = (cfg.eval.batch_size, cfg.data.seq_len)
+    rows = local_rows(self.batch_sharding, eval_shape)
+    # On device once, reused by every evaluation.
+    self.eval_set = [
+      self._global(loader.Batch(b.inputs[rows], b.targets[rows]), eval_shape) for b in held_out
+    ]
 
   def init_state(self) -> None:
     self.state = self.steps.init()
@@ -143,17 +148,12 @@ class Trainer:
       seed=self.cfg.train.seed,
       rows=self.rows,
     )
-    return self._global(b.inputs, self.global_shape), self._global(b.targets, self.global_shape)
+    return self._global(b, self.global_shape)
 
-  def _global(self, local, global_shape):
-    return jax.make_array_from_process_local_data(self.batch_sharding, local, global_shape)
-
-  def _put(self, b: loader.Batch):
-    """A whole host batch (same on every process) as global arrays."""
-    rows = local_rows(self.batch_sharding, b.inputs.shape)
-    return self._global(b.inputs[rows], b.inputs.shape), self._global(
-      b.targets[rows], b.inputs.shape
-    )
+  def _global(self, local: loader.Batch, global_shape):
+    """(inputs, targets) as global arrays of `global_shape` from this process's rows."""
+    put = lambda a: jax.make_array_from_process_local_data(self.batch_sharding, a, global_shape)
+    return put(local.inputs), put(local.targets)
 
   def compile(self) -> float:
     """Ahead-of-time compile of the train step from the abstract state; returns seconds."""
