@@ -1,11 +1,13 @@
 """Orbax checkpoints of the training state under WORKDIR/checkpoints.
 
-Saves are asynchronous (the step loop only waits for the device-to-host copy) and keep the newest
-`ckpt.max_to_keep`. Orbax writes each step to a temporary directory and renames it when complete,
-so `latest_step` only ever sees finished checkpoints. Restores land directly on the shardings of the
-given target state.
+Saves are asynchronous (the step loop only waits for the device-to-host copy), keep the newest
+`ckpt.max_to_keep` plus every `ckpt.keep_period`-th step forever, and store the run's config as
+JSON beside the state. Orbax writes each step to a temporary directory and renames it when
+complete, so an interrupted save never shows up as a step. A step that exists but cannot be read
+(a truncated or deleted file) is reported by name and skipped for the one before it.
 """
 
+import logging
 import pathlib
 
 import jax
@@ -21,10 +23,13 @@ class CheckpointError(ValueError):
 class Checkpointer:
   """Periodic saves and restores of one run's training state."""
 
-  def __init__(self, workdir: pathlib.Path, ckpt_cfg):
+  def __init__(self, workdir: pathlib.Path, ckpt_cfg, config_json: str = '{}'):
     self.every_steps = ckpt_cfg.every_steps
+    self._config = config_json
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=ckpt_cfg.max_to_keep, enable_async_checkpointing=True
+      max_to_keep=ckpt_cfg.max_to_keep,
+      keep_period=ckpt_cfg.keep_period or None,
+      enable_async_checkpointing=True,
     )
     self.directory = (pathlib.Path(workdir) / DIRECTORY).absolute()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -32,23 +37,60 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state) -> bool:
+    """Starts an asynchronous save of `state` at `step`, unless that step is already saved."""
+    if step in self._manager.all_steps():
+      return False
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self._config)
+    )
+    return self._manager.save(step, args=args, force=True)
+
   def maybe_save(self, step: int, state, *, final: bool = False) -> bool:
     """Saves at every `every_steps`-th step and at the final step; True if a save started."""
-    due = final or (self.every_steps and step % self.every_steps == 0)
-    if not due or step == self.latest_step():
-      return False
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    if final or (self.every_steps and step % self.every_steps == 0):
+      return self.save(step, state)
+    return False
+
+  def reached_preemption(self, step: int) -> bool:
+    """True at the step where every host agreed to stop (JAX's preemption sync point)."""
+    if jax.process_count() == 1:
+      return False  # single-process preemption arrives as SIGTERM, handled by the loop
+    return self._manager.reached_preemption(step)
 
   def restore(self, step: int, target):
     """The state saved at `step`, placed like `target` (arrays or ShapeDtypeStructs)."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as e:
+      return self._manager.restore(step, args=args).state
+    except Exception as e:  # noqa: BLE001 -- Orbax and TensorStore raise many types
       raise CheckpointError(
-        f'checkpoint {self.directory / str(step)} does not fit this config '
-        f'(did the model change?): {str(e).splitlines()[0]}'
+        f'checkpoint {self.directory / str(step)} cannot be restored: {str(e).splitlines()[0]}'
       ) from None
+
+  def restore_latest(self, target) -> tuple[int | None, object]:
+    """(step, state) of the newest readable checkpoint, falling back past unreadable ones.
+
+    (None, None) when there is no checkpoint; CheckpointError when none of them can be read.
+    """
+    failures = []
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore(step, target)
+      except CheckpointError as e:
+        logging.warning('%s; trying the previous checkpoint', e)
+        failures.append(str(e))
+    if failures:
+      raise CheckpointError(f'no readable checkpoint in {self.directory}: {failures[0]}')
+    return None, None
+
+  def wait(self) -> None:
+    """Blocks until pending saves are on disk."""
+    self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves, then releases the manager."""

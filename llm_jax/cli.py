@@ -109,8 +109,13 @@ def _train(fv) -> int:
   if not fv.workdir:
     raise UsageError('--workdir is required for train')
   summary = loop.train(fv.config, fv.workdir)
+  if jax.process_index() != 0:  # only process 0 prints
+    return 0
+  if 'preempted_at' in summary:
+    print(f'preempted: saved step {int(summary["preempted_at"])}; rerun the same command to resume')
+    return 0
   final = ', '.join(f'{k} {summary[k]:.4f}' for k in ('eval_loss', 'loss') if k in summary)
-  if final and jax.process_index() == 0:  # only process 0 prints
+  if final:
     print(f'final {final}')
   return 0
 

@@ -62,7 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = dict(
     coordinator_address='', num_processes=1, process_id=0, timeout_s=300, auto_detect=True
   )
-  c.ckpt = dict(every_steps=1000, max_to_keep=3)  # and always at the last step
+  # Saved every `every_steps` and at the last step; `keep_period`: keep every Nth forever (0: off).
+  c.ckpt = dict(every_steps=1000, max_to_keep=3, keep_period=0)
   # offline needs no account or network; upload later: wandb sync WORKDIR/wandb/offline-run-*
   c.wandb = dict(mode='offline', project='llm_jax', entity='', group='', name='')
   c.sample = dict(prompt='\n', max_new_tokens=500, temperature=0.8, top_k=0, seed=0)
@@ -193,6 +194,7 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   )
   _check(cfg.ckpt.every_steps >= 0, f'ckpt.every_steps={cfg.ckpt.every_steps} must be >= 0')
   _check(cfg.ckpt.max_to_keep > 0, f'ckpt.max_to_keep={cfg.ckpt.max_to_keep} must be positive')
+  _check(cfg.ckpt.keep_period >= 0, f'ckpt.keep_period={cfg.ckpt.keep_period} must be >= 0')
   _choice(cfg, 'wandb', 'mode', ('online', 'offline', 'disabled'))
   _check(cfg.sample.max_new_tokens >= 0, 'sample.max_new_tokens must be >= 0')
   _check(cfg.sample.temperature >= 0, 'sample.temperature must be >= 0 (0: greedy)')

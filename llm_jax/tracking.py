@@ -33,6 +33,17 @@ def _start_wandb(wandb_cfg, workdir: pathlib.Path, config: dict):
     return None
 
 
+def drop_rows_after(workdir: pathlib.Path, step: int) -> None:
+  """Removes rows logged after `step`: a run restored to `step` logs those steps again."""
+  path = workdir / METRICS_FILE
+  if not path.exists():
+    return
+  lines = path.read_text(encoding='utf-8').splitlines(keepends=True)
+  kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
+  if len(kept) != len(lines):
+    path.write_text(''.join(kept), encoding='utf-8')
+
+
 class Tracker:
   """Writes metric rows and drives the progress bar; a no-op on processes other than 0."""
 

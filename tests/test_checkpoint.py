@@ -1,5 +1,11 @@
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -7,7 +13,7 @@ import pytest
 
 from llm_jax import checkpoint, config
 from llm_jax.train import loop
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 
 
 def rows(workdir):
@@ -66,5 +72,100 @@ def test_a_changed_model_is_a_clear_error(tmp_path):
     loop.train(cfg, tmp_path)
   # Past the config check (config.json lost), Orbax's shape mismatch is reported by checkpoint.
   (tmp_path / 'config.json').unlink()
-  with pytest.raises(checkpoint.CheckpointError, match='checkpoints/6 does not fit this config'):
+  with pytest.raises(
+    checkpoint.CheckpointError, match='checkpoints/6 cannot be restored: Requested shape'
+  ):
     loop.train(cfg, tmp_path)
+
+
+def train_cli(workdir, *extra):
+  args = ['train', '--config', 'configs/gpt_tiny.py', '--workdir', str(workdir)]
+  args += [
+    '--config.train.steps=400',
+    '--config.train.log_every=10',
+    '--config.ckpt.every_steps=50',
+  ]
+  args += ['--config.eval.every_steps=0', '--config.sample.max_new_tokens=0', *extra]
+  return [sys.executable, '-m', 'llm_jax', *args]
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=240):
+  deadline = time.monotonic() + timeout
+  while not (workdir / 'checkpoints' / str(step)).exists():
+    assert proc.poll() is None, proc.communicate()[1]
+    assert time.monotonic() < deadline, f'no checkpoint {step} in time'
+    time.sleep(0.2)
+
+
+def start(workdir, *extra):
+  env = dict(os.environ, XLA_FLAGS='', PYTHONUNBUFFERED='1')  # one CPU device: fast steps
+  return subprocess.Popen(
+    train_cli(workdir, *extra), cwd=REPO, env=env, stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE, text=True,
+  )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
+  proc = start(tmp_path)
+  wait_for_checkpoint(tmp_path, 50, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  saved = int(re.search(r'preempted: saved step (\d+)', out)[1])
+  assert 50 <= saved < 400
+  assert (tmp_path / 'checkpoints' / str(saved)).exists()
+  ckpt = checkpoint.Checkpointer(tmp_path, config.base_config().ckpt)
+  assert ckpt.latest_step() == saved
+  ckpt.close()
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_matches_a_straight_run(tmp_path):
+  straight = subprocess.run(
+    train_cli(tmp_path / 'straight', '--config.train.steps=120'), cwd=REPO, capture_output=True,
+    text=True, env=dict(os.environ, XLA_FLAGS=''), timeout=300,
+  )  # fmt: skip
+  assert straight.returncode == 0, straight.stderr
+  proc = start(tmp_path / 'killed', '--config.train.steps=120')
+  wait_for_checkpoint(tmp_path / 'killed', 50, proc)
+  proc.kill()  # SIGKILL: no chance to save
+  proc.communicate()
+  again = subprocess.run(
+    train_cli(tmp_path / 'killed', '--config.train.steps=120'), cwd=REPO, capture_output=True,
+    text=True, env=dict(os.environ, XLA_FLAGS=''), timeout=300,
+  )  # fmt: skip
+  assert again.returncode == 0, again.stderr
+  assert 'resumed from' in again.stdout
+  assert without_timings(rows(tmp_path / 'killed')) == without_timings(rows(tmp_path / 'straight'))
+
+
+def test_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  cfg = tiny_config(steps=20, log_every=5)
+  cfg.ckpt.update(every_steps=10, max_to_keep=5)
+  first = loop.train(cfg, tmp_path)
+  # Damage step 20: truncate its array data, as a full disk or a crashed copy would.
+  for data_file in (tmp_path / 'checkpoints' / '20' / 'state').glob('ocdbt.process_*/d/*'):
+    data_file.write_bytes(data_file.read_bytes()[:100])
+  resumed = loop.train(cfg, tmp_path)
+  assert 'checkpoints/20 cannot be restored' in caplog.text
+  assert resumed['loss'] == first['loss']  # replayed steps 11-20 from checkpoint 10
+
+
+def test_an_interrupted_save_is_invisible(tmp_path):
+  cfg = tiny_config(steps=10, log_every=5)
+  loop.train(cfg, tmp_path)
+  # What an interrupted async save leaves behind: a temporary directory, never a step.
+  (tmp_path / 'checkpoints' / '20.orbax-checkpoint-tmp-1234').mkdir()
+  ckpt = checkpoint.Checkpointer(tmp_path, cfg.ckpt)
+  assert ckpt.all_steps() == [10]
+  ckpt.close()
+
+
+def test_keep_period_keeps_every_nth_step(tmp_path):
+  cfg = tiny_config(steps=30, log_every=10)
+  cfg.ckpt.update(every_steps=5, max_to_keep=1, keep_period=10)
+  loop.train(cfg, tmp_path)
+  ckpt = checkpoint.Checkpointer(tmp_path, cfg.ckpt)
+  assert ckpt.all_steps() == [10, 20, 30]
+  ckpt.close()

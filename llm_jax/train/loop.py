@@ -3,6 +3,8 @@
 import collections
 import json
 import pathlib
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -192,20 +194,43 @@ def _log_facts(tracker, trainer, compile_s: float) -> None:
   )
 
 
-def _resume(trainer, ckpt, tracker) -> int:
-  """Restores the latest complete checkpoint, or initialises; returns the step to continue from."""
-  start = ckpt.latest_step()
+def _resume(trainer, ckpt) -> int:
+  """Restores the newest readable checkpoint, or initialises; returns the step to continue from."""
+  start, state = ckpt.restore_latest(trainer.steps.abstract)
   if start is None:
     trainer.init_state()
     return 0
-  trainer.state = ckpt.restore(start, trainer.steps.abstract)
-  tracker.print(f'resumed from {ckpt.directory / str(start)}')
-  tracker.advance(start)
+  trainer.state = state
   return start
 
 
-def _run_steps(trainer, ckpt, tracker, start: int) -> dict:
-  """Steps from `start` to the end; returns the last logged metrics."""
+class StopRequest:
+  """SIGTERM as a flag the step loop polls: finish the step, save, wait for the save, exit 0."""
+
+  def __init__(self):
+    self.signalled = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.signalled = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _run_steps(trainer, ckpt, tracker, start: int, stop: StopRequest) -> dict:
+  """Steps from `start` to the end or a stop request; returns the last logged metrics.
+
+  On a stop request (SIGTERM, or JAX's preemption sync point on multi-host) the current step is
+  saved and waited for, and the result holds `preempted_at`.
+  """
   cfg, t = trainer.cfg, trainer.cfg.train
   tokens_per_step = t.batch_size * cfg.data.seq_len
   last = {}
@@ -232,6 +257,10 @@ def _run_steps(trainer, ckpt, tracker, start: int) -> dict:
       last['eval_loss'] = trainer.evaluate()
       tracker.log(done, eval_loss=last['eval_loss'])
       tracker.print(f'step {done}: eval_loss {last["eval_loss"]:.4f}')
+    if stop.signalled or ckpt.reached_preemption(done):
+      ckpt.save(done, trainer.state)
+      ckpt.wait()
+      return dict(last, preempted_at=done)
     if ckpt.maybe_save(done, trainer.state, final=done == t.steps) or eval_due:
       mark_time = time.perf_counter()  # evaluation and saving are not training throughput
   return last
@@ -252,20 +281,33 @@ def _check_resumable(cfg, workdir: pathlib.Path) -> None:
 
 
 def train(cfg, workdir) -> dict:
-  """Runs `cfg` in `workdir`, resuming from its latest checkpoint; returns the final metrics."""
+  """Runs `cfg` in `workdir`, resuming from its latest checkpoint; returns the final metrics.
+
+  A run stopped by SIGTERM returns early with `preempted_at`, the step it saved.
+  """
   workdir = pathlib.Path(workdir)
   _check_resumable(cfg, workdir)
   trainer = Trainer(cfg, workdir)
-  if jax.process_index() == 0:
-    (workdir / CONFIG_FILE).write_text(cfg.to_json_best_effort(indent=2) + '\n')
-  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
-  tracker = tracking.Tracker(
-    workdir, cfg, total_steps=cfg.train.steps, active=jax.process_index() == 0
-  )
+  is_writer = jax.process_index() == 0
+  config_json = cfg.to_json_best_effort(indent=2)
+  if is_writer:
+    (workdir / CONFIG_FILE).write_text(config_json + '\n')
+  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt, config_json)
+  tracker = None
   try:
-    start = _resume(trainer, ckpt, tracker)
+    start = _resume(trainer, ckpt)
+    if is_writer:  # rows past the restored step are replayed, not duplicated
+      tracking.drop_rows_after(workdir, start)
+    tracker = tracking.Tracker(workdir, cfg, total_steps=cfg.train.steps, active=is_writer)
+    if start:
+      tracker.print(f'resumed from {ckpt.directory / str(start)}')
+      tracker.advance(start)
     _log_facts(tracker, trainer, trainer.compile())
-    last = _run_steps(trainer, ckpt, tracker, start)
+    with StopRequest() as stop:
+      last = _run_steps(trainer, ckpt, tracker, start, stop)
+    if 'preempted_at' in last:
+      tracker.print(f'stopped by SIGTERM: saved step {last["preempted_at"]} to {ckpt.directory}')
+      return {k: float(v) for k, v in last.items() if v is not None}
     if trainer.eval_set and 'eval_loss' not in last:  # nothing left to train: evaluate anyway
       last['eval_loss'] = trainer.evaluate()
     summary = {k: float(v) for k, v in last.items() if v is not None}
@@ -275,5 +317,6 @@ def train(cfg, workdir) -> dict:
     tracker.summary(**summary)
   finally:
     ckpt.close()
-    tracker.close()
+    if tracker is not None:
+      tracker.close()
   return summary
