@@ -49,11 +49,9 @@ class Checkpointer:
     )
     return self._manager.save(step, args=args, force=True)
 
-  def maybe_save(self, step: int, state, *, final: bool = False) -> bool:
-    """Saves at every `every_steps`-th step and at the final step; True if a save started."""
-    if final or (self.every_steps and step % self.every_steps == 0):
-      return self.save(step, state)
-    return False
+  def due(self, step: int, *, final: bool = False) -> bool:
+    """True at every `every_steps`-th step and at the final step."""
+    return final or bool(self.every_steps and step % self.every_steps == 0)
 
   def reached_preemption(self, step: int) -> bool:
     """True at the step where every host agreed to stop (JAX's preemption sync point)."""

@@ -146,6 +146,7 @@ def main(argv=None) -> int:
   from llm_jax import distributed
   from llm_jax.checkpoint import CheckpointError
   from llm_jax.config import ConfigError
+  from llm_jax.train.loop import NonFiniteError
 
   try:
     fv = _parse([argv[0]] + argv[2:])
@@ -160,6 +161,9 @@ def main(argv=None) -> int:
   ) as e:
     print(f'llm-jax {command}: error: {e}', file=sys.stderr)
     return 2
+  except NonFiniteError as e:
+    print(f'llm-jax {command}: {e}', file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     print(f'llm-jax {command}: interrupted', file=sys.stderr)
     return 130

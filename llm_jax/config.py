@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     grad_accum_steps=1,
     seed=0,
     log_every=50,
+    on_nonfinite='halt',  # a NaN/Inf loss or gradient: 'halt', or 'skip' that update
   )
   c.eval = dict(every_steps=500, batches=20, batch_size=64)
   c.optimizer = dict(
@@ -127,6 +128,7 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   """Raise ConfigError naming the first field that cannot work on `num_devices` devices."""
   m, t, o = cfg.model, cfg.train, cfg.optimizer
   _choice(cfg, 'model', 'name', tuple(MODELS))
+  _choice(cfg, 'train', 'on_nonfinite', ('halt', 'skip'))
   _choice(cfg, 'model', 'dtype', tuple(DTYPES))
   _choice(cfg, 'model', 'attention', ATTENTION)
   _choice(cfg, 'model', 'position', POSITIONS)

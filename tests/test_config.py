@@ -75,6 +75,8 @@ def test_config_is_locked_against_new_keys():
     ('mesh.data', 3, 'mesh data×fsdp×tensor = 3 but there are 8 devices'),
     ('mesh.tensor', 8, 'model.n_head=2 must be divisible by mesh.tensor=8'),
     ('wandb.mode', 'cloud', "wandb.mode='cloud'"),
+    ('train.on_nonfinite', 'ignore', "train.on_nonfinite='ignore' must be one of halt, skip"),
+    ('ckpt.keep_period', -1, 'ckpt.keep_period=-1 must be >= 0'),
   ],
 )
 def test_invalid_values_name_the_field(field, value, message):

@@ -96,3 +96,54 @@ def test_schedule_warms_up_then_decays_to_the_floor():
   assert float(lr(10)) == pytest.approx(1e-3)
   assert float(lr(100)) == pytest.approx(1e-4)
   assert float(lr(55)) == pytest.approx(0.55e-3, rel=1e-3)  # cosine midpoint
+
+
+def _poison_step(monkeypatch, bad_step):
+  """Makes the batch of `bad_step` give a non-finite loss (a target id past the vocabulary)."""
+  real = loader.train_batch
+
+  def batch(tokens, step, **kw):
+    b = real(tokens, step, **kw)
+    if step == bad_step:
+      return loader.Batch(b.inputs, np.full_like(b.targets, 10_000))
+    return b
+
+  monkeypatch.setattr(loader, 'train_batch', batch)
+
+
+def test_a_nonfinite_step_halts_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  _poison_step(monkeypatch, bad_step=7)  # the 8th update
+  cfg = tiny_config(steps=20, log_every=5)
+  cfg.ckpt.every_steps = 5
+  with pytest.raises(loop.NonFiniteError, match=r'step 8: loss is not finite.*checkpoints/5$'):
+    loop.train(cfg, tmp_path)
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['5']
+
+
+def test_a_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch):
+  _poison_step(monkeypatch, bad_step=7)
+  cfg = tiny_config(steps=20, log_every=5)
+  cfg.train.on_nonfinite = 'skip'
+  summary = loop.train(cfg, tmp_path)
+  assert summary['skipped'] == 1 and np.isfinite(summary['loss'])
+  skipped = [r['skipped'] for r in read_rows(tmp_path) if 'loss' in r]
+  assert skipped == [0, 1, 1, 1]
+
+
+def test_a_skipped_update_leaves_params_and_optimizer_untouched():
+  cfg = tiny_config(batch_size=8)
+  model_cfg = models.model_config(cfg.model, vocab_size=80)
+  mesh = sharding.make_mesh(cfg.mesh)
+  steps = loop.build_steps(cfg, model_cfg, mesh)
+  tokens = np.random.default_rng(0).integers(0, 80, 1000).astype(np.uint16)
+  good = loader.train_batch(tokens, 0, batch_size=8, seq_len=64, seed=0)
+  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
+  state, _ = steps.train(steps.init(), put(good.inputs), put(good.targets))
+  before = jax.device_get(state)
+  state, metrics = steps.train(state, put(good.inputs), put(np.full_like(good.targets, 10_000)))
+  assert not np.isfinite(float(metrics['loss']))
+  after = jax.device_get(state)
+  for a, b in zip(jax.tree.leaves((after.params, after.opt_state)),
+                  jax.tree.leaves((before.params, before.opt_state)), strict=True):  # fmt: skip
+    np.testing.assert_array_equal(a, b)
+  assert int(after.skipped) == 1 and list(after.first_bad) == [2, 1] and int(after.step) == 2

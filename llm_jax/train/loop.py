@@ -204,6 +204,24 @@ def _resume(trainer, ckpt) -> int:
   return start
 
 
+class NonFiniteError(RuntimeError):
+  """Training met a non-finite loss or gradient under train.on_nonfinite='halt'."""
+
+
+def _halt_if_nonfinite(trainer, ckpt) -> None:
+  """NonFiniteError naming the first bad step and metric, when halting on them (a host sync)."""
+  if trainer.cfg.train.on_nonfinite != 'halt' or not int(trainer.state.skipped):
+    return
+  step, loss_bad = (int(x) for x in jax.device_get(trainer.state.first_bad))
+  ckpt.wait()
+  kept = ckpt.latest_step()
+  raise NonFiniteError(
+    f'step {step}: {"loss" if loss_bad else "grad_norm"} is not finite; stopped'
+    f' (train.on_nonfinite=halt). Last good checkpoint: '
+    + (f'{ckpt.directory / str(kept)}' if kept is not None else 'none')
+  )
+
+
 class StopRequest:
   """SIGTERM as a flag the step loop polls: finish the step, save, wait for the save, exit 0."""
 
@@ -251,6 +269,8 @@ def _run_steps(trainer, ckpt, tracker, start: int, stop: StopRequest) -> dict:
       last = dict(metrics, tokens_per_sec=tps, step_time=elapsed / (done - mark_step), mfu=mfu)
       tracker.log(done, **last)
       tracker.advance(done - mark_step)
+      if metrics['skipped']:
+        _halt_if_nonfinite(trainer, ckpt)
       mark_step, mark_time = done, time.perf_counter()
     eval_due = cfg.eval.every_steps and done % cfg.eval.every_steps == 0
     if trainer.eval_set and (eval_due or done == t.steps):
@@ -258,11 +278,16 @@ def _run_steps(trainer, ckpt, tracker, start: int, stop: StopRequest) -> dict:
       tracker.log(done, eval_loss=last['eval_loss'])
       tracker.print(f'step {done}: eval_loss {last["eval_loss"]:.4f}')
     if stop.signalled or ckpt.reached_preemption(done):
+      _halt_if_nonfinite(trainer, ckpt)
       ckpt.save(done, trainer.state)
       ckpt.wait()
       return dict(last, preempted_at=done)
-    if ckpt.maybe_save(done, trainer.state, final=done == t.steps) or eval_due:
-      mark_time = time.perf_counter()  # evaluation and saving are not training throughput
+    if ckpt.due(done, final=done == t.steps):
+      _halt_if_nonfinite(trainer, ckpt)  # a checkpoint is never written past a bad step
+      ckpt.save(done, trainer.state)
+      mark_time = time.perf_counter()  # saving is not training throughput
+    elif eval_due:
+      mark_time = time.perf_counter()
   return last
 
 

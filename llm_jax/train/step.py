@@ -19,6 +19,12 @@ class TrainState(NamedTuple):
   step: jax.Array  # int32 scalar: optimizer steps taken
   params: nnx.State
   opt_state: optax.OptState
+  skipped: jax.Array  # int32 scalar: updates dropped because loss or gradients were not finite
+  first_bad: jax.Array  # int32 (2,): step of the first dropped update (-1: none), 1 if loss was bad
+
+
+def no_bad_steps():
+  return jnp.zeros((), jnp.int32), jnp.array([-1, 0], jnp.int32)
 
 
 def cross_entropy(logits, targets):
@@ -43,8 +49,14 @@ def state_shardings(model_cfg, tx, mesh, seed: int, rules):
     param_shardings,
     transform_non_params=lambda _: sharding.replicated(mesh),
   )
-  shardings = TrainState(sharding.replicated(mesh), param_shardings, opt_shardings)
-  abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params, abstract_opt)
+  scalar = sharding.replicated(mesh)
+  shardings = TrainState(scalar, param_shardings, opt_shardings, scalar, scalar)
+  abstract = TrainState(
+    jax.ShapeDtypeStruct((), jnp.int32),
+    abstract_params,
+    abstract_opt,
+    *jax.eval_shape(no_bad_steps),
+  )
   abstract = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )
@@ -56,7 +68,7 @@ def make_init(model_cfg, tx, seed: int, shardings):
 
   def init():
     params = nnx.state(models.build(model_cfg, seed), nnx.Param)
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), *no_bad_steps())
 
   return jax.jit(init, out_shardings=shardings)
 
@@ -93,10 +105,22 @@ def make_train_step(graphdef, tx, schedule, *, accum_steps: int, dropout: bool, 
       loss, grads = grad_fn(state.params, inputs, targets, key)
     else:
       loss, grads = accumulate(state.params, inputs, targets, key)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), 'lr': schedule(state.step)}
-    return TrainState(state.step + 1, params, opt_state), metrics
+    # A non-finite loss or gradient never reaches the parameters: the update is dropped and
+    # counted; the loop then halts or carries on (train.on_nonfinite).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    first_bad = jnp.where(
+      finite | (state.first_bad[0] >= 0),
+      state.first_bad,
+      jnp.stack([state.step + 1, (~jnp.isfinite(loss)).astype(jnp.int32)]),
+    )
+    skipped = state.skipped + (~finite).astype(jnp.int32)
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': schedule(state.step), 'skipped': skipped}
+    return TrainState(state.step + 1, params, opt_state, skipped, first_bad), metrics
 
   return train_step
 
