@@ -70,6 +70,30 @@ class Checkpointer:
         f'checkpoint {self.directory / str(step)} cannot be restored: {str(e).splitlines()[0]}'
       ) from None
 
+  def restore_params(self, step: int, abstract_params):
+    """Only the parameters saved at `step` (no optimizer state), placed like `abstract_params`."""
+    item = {'params': abstract_params}
+    restore = ocp.args.PyTreeRestore(
+      item=item,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True,
+    )
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(state=restore)).state['params']
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(
+        f'parameters in {self.directory / str(step)} do not fit this model:'
+        f' {str(e).splitlines()[0]}'
+      ) from None
+
+  def save_params(self, step: int, params) -> None:
+    """A params-only checkpoint at `step` (for inference and `ckpt.init_from`), waited for."""
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave({'params': params}), config=ocp.args.JsonSave(self._config)
+    )
+    self._manager.save(step, args=args, force=True)
+    self._manager.wait_until_finished()
+
   def restore_latest(self, target) -> tuple[int | None, object]:
     """(step, state) of the newest readable checkpoint, falling back past unreadable ones.
 

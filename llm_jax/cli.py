@@ -17,6 +17,7 @@ USAGE = """usage: llm-jax COMMAND --config FILE[:ARG] [--config.KEY=VALUE ...] [
 commands:
   train   train a model:     llm-jax train --config configs/gpt_tiny.py --workdir runs/tiny
   bench   time a train step: llm-jax bench --config configs/gpt_tiny.py [--steps 20]
+  export  params only:       llm-jax export --workdir runs/tiny --out exports/tiny
 """
 
 
@@ -43,6 +44,9 @@ def _define_flags(argv) -> flags.FlagValues:
     flag_values=fv,
   )
   flags.DEFINE_string(
+    'out', None, 'export: directory for the params-only checkpoint.', flag_values=fv
+  )
+  flags.DEFINE_string(
     'json', None, 'bench: also write the result as JSON to this file.', flag_values=fv
   )
   return fv
@@ -61,9 +65,16 @@ def _config_path(argv) -> str | None:
   return None
 
 
-def _parse(argv) -> flags.FlagValues:
+def _parse(argv, *, needs_config: bool = True) -> flags.FlagValues:
   """Parsed flags with the config loaded; UsageError with one line on any bad input."""
   path = _config_path(argv)
+  if path is None and not needs_config:
+    fv = _define_flags(argv)
+    try:
+      fv(argv)
+    except flags.Error as e:
+      raise UsageError(str(e).splitlines()[0]) from None
+    return fv
   if path is None:
     raise UsageError('--config FILE is required')
   file = path.split(':', 1)[0]
@@ -131,7 +142,16 @@ def _bench(fv) -> int:
   return 0
 
 
-COMMANDS = {'train': _train, 'bench': _bench}
+def _export(fv) -> int:
+  from llm_jax.train import loop
+
+  if not (fv.workdir and fv.out):
+    raise UsageError('export needs --workdir RUN and --out DIR')
+  print(f'exported parameters to {loop.export(fv.workdir, fv.out)}')
+  return 0
+
+
+COMMANDS = {'train': _train, 'bench': _bench, 'export': _export}
 
 
 def main(argv=None) -> int:
@@ -149,8 +169,9 @@ def main(argv=None) -> int:
   from llm_jax.train.loop import NonFiniteError
 
   try:
-    fv = _parse([argv[0]] + argv[2:])
-    distributed.initialize(fv.config.distributed)  # before anything touches a device
+    fv = _parse([argv[0]] + argv[2:], needs_config=command != 'export')
+    if fv.config is not None:
+      distributed.initialize(fv.config.distributed)  # before anything touches a device
     return COMMANDS[command](fv)
   except (
     UsageError,

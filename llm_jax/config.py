@@ -5,6 +5,8 @@ Config files in `configs/` call `preset(name)` and override what they need; the 
 raises `ConfigError` naming the offending field.
 """
 
+import json
+
 import ml_collections
 
 from llm_jax import sharding
@@ -64,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     coordinator_address='', num_processes=1, process_id=0, timeout_s=300, auto_detect=True
   )
   # Saved every `every_steps` and at the last step; `keep_period`: keep every Nth forever (0: off).
-  c.ckpt = dict(every_steps=1000, max_to_keep=3, keep_period=0)
+  # init_from: a workdir or export whose parameters start this run (fine-tuning; fresh optimizer).
+  c.ckpt = dict(every_steps=1000, max_to_keep=3, keep_period=0, init_from='')
   # offline needs no account or network; upload later: wandb sync WORKDIR/wandb/offline-run-*
   c.wandb = dict(mode='offline', project='llm_jax', entity='', group='', name='')
   c.sample = dict(prompt='\n', max_new_tokens=500, temperature=0.8, top_k=0, seed=0)
@@ -82,6 +85,16 @@ MODEL_PRESETS = {
   'gpt2_774m': dict(block_size=1024, n_layer=36, n_head=20, n_embd=1280),
   'gpt2_1.5b': dict(block_size=1024, n_layer=48, n_head=25, n_embd=1600),
 }
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A locked config from `config.json` (JSON lists turned back into the tuples rules use)."""
+  c = ml_collections.ConfigDict(json.loads(text))
+  c.mesh.rules = tuple(
+    (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in c.mesh.rules
+  )
+  c.lock()
+  return c
 
 
 def preset(name: str) -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from llm_jax import checkpoint, config
+from llm_jax import checkpoint, cli, config
 from llm_jax.train import loop
 from tests.conftest import REPO, tiny_config
 
@@ -31,18 +31,27 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   cfg.model.dropout = 0.1  # the dropout stream must resume too
   cfg.ckpt.update(every_steps=10, max_to_keep=5)
   first = loop.train(cfg, tmp_path)
-  ckpt = checkpoint.Checkpointer(tmp_path, cfg.ckpt)
-  assert ckpt.latest_step() == 20
-  ckpt.close()
-  # Simulate a crash right after the step-10 checkpoint: later state and metrics are lost.
+  abstract = loop.Trainer(cfg, None).steps.abstract
+  final_state = lambda: jax.device_get(_restore(tmp_path, cfg, 20, abstract))
+  straight = final_state()
+  # Simulate a crash right after the step-10 checkpoint: the later state is lost (the restart
+  # drops metric rows past step 10 itself and logs them again).
   shutil.rmtree(tmp_path / 'checkpoints' / '20')
   uninterrupted = rows(tmp_path)
-  kept = [r for r in uninterrupted if r['step'] <= 10]
-  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in kept))
 
   resumed = loop.train(cfg, tmp_path)
   assert without_timings(rows(tmp_path)) == without_timings(uninterrupted)
   assert resumed['loss'] == first['loss'] and resumed['eval_loss'] == first['eval_loss']
+  for a, b in zip(jax.tree.leaves(final_state()), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(a, b)  # bit-identical params and optimizer state
+
+
+def _restore(workdir, cfg, step, abstract):
+  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
+  try:
+    return ckpt.restore(step, abstract)
+  finally:
+    ckpt.close()
 
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
@@ -169,3 +178,42 @@ def test_keep_period_keeps_every_nth_step(tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path, cfg.ckpt)
   assert ckpt.all_steps() == [10, 20, 30]
   ckpt.close()
+
+
+def test_export_then_init_from_starts_with_those_parameters(tmp_path):
+  cfg = tiny_config(steps=10, log_every=5)
+  loop.train(cfg, tmp_path / 'pretrain')
+  code = cli.main(['llm-jax', 'export', '--workdir', str(tmp_path / 'pretrain'),
+                   '--out', str(tmp_path / 'export')])  # fmt: skip
+  assert code == 0
+  assert (tmp_path / 'export' / 'tokenizer.json').exists()
+  exported = sorted(p.name for p in (tmp_path / 'export' / 'checkpoints').iterdir())
+  assert exported == ['10']
+
+  trainer = loop.Trainer(cfg, None)
+  for source in ('pretrain', 'export'):  # a run's workdir or its export
+    params = loop.load_params(tmp_path / source, trainer.steps.abstract.params)
+    ckpt = checkpoint.Checkpointer(tmp_path / 'pretrain', cfg.ckpt)
+    want = ckpt.restore(10, trainer.steps.abstract).params
+    ckpt.close()
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
+      np.testing.assert_array_equal(a, b)
+
+  finetune = tiny_config(steps=6, log_every=3)
+  finetune.ckpt.init_from = str(tmp_path / 'export')
+  pretrained = loop.train(finetune, tmp_path / 'finetune')
+  finetune.ckpt.init_from = ''
+  scratch = loop.train(finetune, tmp_path / 'scratch')
+  assert pretrained['loss'] < scratch['loss'] - 0.3  # it really started from trained weights
+
+
+def test_init_from_a_missing_or_mismatched_source_is_a_clear_error(tmp_path):
+  cfg = tiny_config(steps=6, log_every=3)
+  cfg.ckpt.init_from = str(tmp_path / 'nowhere')
+  with pytest.raises(checkpoint.CheckpointError, match='nowhere: no checkpoints/ there'):
+    loop.train(cfg, tmp_path / 'a')
+  loop.train(tiny_config(steps=6, log_every=3), tmp_path / 'small')
+  cfg.ckpt.init_from = str(tmp_path / 'small')
+  cfg.model.n_embd = 32
+  with pytest.raises(checkpoint.CheckpointError, match='do not fit this model'):
+    loop.train(cfg, tmp_path / 'b')

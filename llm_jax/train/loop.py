@@ -195,13 +195,64 @@ def _log_facts(tracker, trainer, compile_s: float) -> None:
 
 
 def _resume(trainer, ckpt) -> int:
-  """Restores the newest readable checkpoint, or initialises; returns the step to continue from."""
+  """Restores the newest readable checkpoint, or initialises; returns the step to continue from.
+
+  A fresh run with `ckpt.init_from` starts from those parameters and a new optimizer state.
+  """
   start, state = ckpt.restore_latest(trainer.steps.abstract)
-  if start is None:
-    trainer.init_state()
-    return 0
-  trainer.state = state
-  return start
+  if start is not None:
+    trainer.state = state
+    return start
+  trainer.init_state()
+  if trainer.cfg.ckpt.init_from:
+    params = load_params(trainer.cfg.ckpt.init_from, trainer.steps.abstract.params)
+    trainer.state = trainer.state._replace(params=params)
+  return 0
+
+
+def load_params(source, abstract_params):
+  """Parameters from the newest checkpoint of a workdir or export directory `source`."""
+  source = pathlib.Path(source)
+  if not (source / checkpoint.DIRECTORY).is_dir():
+    raise checkpoint.CheckpointError(f'ckpt.init_from={source}: no {checkpoint.DIRECTORY}/ there')
+  ckpt = checkpoint.Checkpointer(source, config_lib.base_config().ckpt)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise checkpoint.CheckpointError(f'ckpt.init_from={source}: it holds no checkpoint')
+    return ckpt.restore_params(step, abstract_params)
+  finally:
+    ckpt.close()
+
+
+def export(workdir, out) -> pathlib.Path:
+  """Writes the latest parameters of `workdir` (no optimizer state) with its config and
+  tokenizer to `out`, a directory that `ckpt.init_from` and inference can load."""
+  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  try:
+    cfg = config_lib.from_json((workdir / CONFIG_FILE).read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{workdir / CONFIG_FILE} not found: is {workdir} a run?') from None
+  tokenizer = data.CharTokenizer.load(workdir / data.TOKENIZER_FILE)
+  model_cfg = _model_config(cfg, tokenizer)
+  # Gathered onto one device whatever mesh trained it: the export serves inference anywhere.
+  single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
+  one_device = sharding.make_mesh(single, jax.devices()[:1])
+  tx = optim.make(cfg.optimizer, cfg.train.steps)
+  _, abstract, _ = step_lib.state_shardings(model_cfg, tx, one_device, 0, cfg.mesh.rules)
+  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
+  step = ckpt.latest_step()
+  if step is None:
+    raise checkpoint.CheckpointError(f'{ckpt.directory} holds no checkpoint to export')
+  params = ckpt.restore_params(step, abstract.params)
+  ckpt.close()
+  out.mkdir(parents=True, exist_ok=True)
+  for name in (CONFIG_FILE, data.TOKENIZER_FILE):
+    (out / name).write_bytes((workdir / name).read_bytes())
+  exported = checkpoint.Checkpointer(out, cfg.ckpt, cfg.to_json_best_effort(indent=2))
+  exported.save_params(step, params)
+  exported.close()
+  return out / checkpoint.DIRECTORY / str(step)
 
 
 class NonFiniteError(RuntimeError):
