@@ -217,3 +217,36 @@ def test_init_from_a_missing_or_mismatched_source_is_a_clear_error(tmp_path):
   cfg.model.n_embd = 32
   with pytest.raises(checkpoint.CheckpointError, match='do not fit this model'):
     loop.train(cfg, tmp_path / 'b')
+
+
+@pytest.mark.slow
+def test_a_run_saved_on_8_devices_resumes_on_4(tmp_path):
+  cfg = tiny_config(steps=6, log_every=2)
+  loop.train(cfg, tmp_path / 'eight')
+  shutil.copytree(tmp_path / 'eight', tmp_path / 'four')
+  cfg.train.steps = 10
+  loop.train(cfg, tmp_path / 'eight')  # continues on 8 devices
+  args = ['train', '--config', 'configs/gpt_tiny.py', '--workdir', str(tmp_path / 'four')]
+  args += ['--config.train.steps=10', '--config.train.log_every=2', '--config.eval.every_steps=0']
+  args += [
+    '--config.eval.batches=2',
+    '--config.sample.max_new_tokens=0',
+    '--config.wandb.mode=disabled',
+  ]
+  args += ['--config.optimizer.lr=3e-3', '--config.optimizer.warmup_steps=5']
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  four = subprocess.run([sys.executable, '-m', 'llm_jax', *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+  assert four.returncode == 0, four.stderr
+  assert 'resumed from' in four.stdout and "'data': 4" in four.stdout
+  losses = lambda d: [r['loss'] for r in rows(d) if 'loss' in r]
+  np.testing.assert_allclose(losses(tmp_path / 'four'), losses(tmp_path / 'eight'), rtol=1e-5)
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
+  cfg = tiny_config(steps=6, log_every=3)
+  loop.train(cfg, tmp_path)
+  for data_file in (tmp_path / 'checkpoints' / '6' / 'state').glob('ocdbt.process_*/d/*'):
+    data_file.write_bytes(b'')
+  with pytest.raises(checkpoint.CheckpointError, match='no readable checkpoint in .*checkpoints/6'):
+    loop.train(cfg, tmp_path)
