@@ -44,10 +44,12 @@ class Checkpointer:
     """Starts an asynchronous save of `state` at `step`, unless that step is already saved."""
     if step in self._manager.all_steps():
       return False
-    args = ocp.args.Composite(
-      state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self._config)
+    return self._manager.save(step, args=self._with_config(state), force=True)
+
+  def _with_config(self, item) -> ocp.args.Composite:
+    return ocp.args.Composite(
+      state=ocp.args.StandardSave(item), config=ocp.args.JsonSave(self._config)
     )
-    return self._manager.save(step, args=args, force=True)
 
   def due(self, step: int, *, final: bool = False) -> bool:
     """True at every `every_steps`-th step and at the final step."""
@@ -88,10 +90,7 @@ class Checkpointer:
 
   def save_params(self, step: int, params) -> None:
     """A params-only checkpoint at `step` (for inference and `ckpt.init_from`), waited for."""
-    args = ocp.args.Composite(
-      state=ocp.args.StandardSave({'params': params}), config=ocp.args.JsonSave(self._config)
-    )
-    self._manager.save(step, args=args, force=True)
+    self._manager.save(step, args=self._with_config({'params': params}), force=True)
     self._manager.wait_until_finished()
 
   def restore_latest(self, target) -> tuple[int | None, object]:

@@ -192,7 +192,7 @@ def test_export_then_init_from_starts_with_those_parameters(tmp_path):
 
   trainer = loop.Trainer(cfg, None)
   for source in ('pretrain', 'export'):  # a run's workdir or its export
-    params = loop.load_params(tmp_path / source, trainer.steps.abstract.params)
+    _, params = loop.load_params(tmp_path / source, trainer.steps.abstract.params, what=source)
     ckpt = checkpoint.Checkpointer(tmp_path / 'pretrain', cfg.ckpt)
     want = ckpt.restore(10, trainer.steps.abstract).params
     ckpt.close()

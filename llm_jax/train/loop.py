@@ -205,22 +205,27 @@ def _resume(trainer, ckpt) -> int:
     return start
   trainer.init_state()
   if trainer.cfg.ckpt.init_from:
-    params = load_params(trainer.cfg.ckpt.init_from, trainer.steps.abstract.params)
+    _, params = load_params(
+      trainer.cfg.ckpt.init_from, trainer.steps.abstract.params, what='ckpt.init_from'
+    )
     trainer.state = trainer.state._replace(params=params)
   return 0
 
 
-def load_params(source, abstract_params):
-  """Parameters from the newest checkpoint of a workdir or export directory `source`."""
+def load_params(source, abstract_params, *, what: str):
+  """(step, parameters) of the newest checkpoint of a workdir or export directory `source`.
+
+  `what` names the setting that pointed at `source`, for the error messages.
+  """
   source = pathlib.Path(source)
   if not (source / checkpoint.DIRECTORY).is_dir():
-    raise checkpoint.CheckpointError(f'ckpt.init_from={source}: no {checkpoint.DIRECTORY}/ there')
+    raise checkpoint.CheckpointError(f'{what}={source}: no {checkpoint.DIRECTORY}/ there')
   ckpt = checkpoint.Checkpointer(source, config_lib.base_config().ckpt)
   try:
     step = ckpt.latest_step()
     if step is None:
-      raise checkpoint.CheckpointError(f'ckpt.init_from={source}: it holds no checkpoint')
-    return ckpt.restore_params(step, abstract_params)
+      raise checkpoint.CheckpointError(f'{what}={source}: it holds no checkpoint')
+    return step, ckpt.restore_params(step, abstract_params)
   finally:
     ckpt.close()
 
@@ -240,12 +245,7 @@ def export(workdir, out) -> pathlib.Path:
   one_device = sharding.make_mesh(single, jax.devices()[:1])
   tx = optim.make(cfg.optimizer, cfg.train.steps)
   _, abstract, _ = step_lib.state_shardings(model_cfg, tx, one_device, 0, cfg.mesh.rules)
-  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
-  step = ckpt.latest_step()
-  if step is None:
-    raise checkpoint.CheckpointError(f'{ckpt.directory} holds no checkpoint to export')
-  params = ckpt.restore_params(step, abstract.params)
-  ckpt.close()
+  step, params = load_params(workdir, abstract.params, what='export --workdir')
   out.mkdir(parents=True, exist_ok=True)
   for name in (CONFIG_FILE, data.TOKENIZER_FILE):
     (out / name).write_bytes((workdir / name).read_bytes())
@@ -381,12 +381,13 @@ def train(cfg, workdir) -> dict:
     _log_facts(tracker, trainer, trainer.compile())
     with StopRequest() as stop:
       last = _run_steps(trainer, ckpt, tracker, start, stop)
-    if 'preempted_at' in last:
-      tracker.print(f'stopped by SIGTERM: saved step {last["preempted_at"]} to {ckpt.directory}')
-      return {k: float(v) for k, v in last.items() if v is not None}
-    if trainer.eval_set and 'eval_loss' not in last:  # nothing left to train: evaluate anyway
-      last['eval_loss'] = trainer.evaluate()
+    preempted = 'preempted_at' in last
+    if trainer.eval_set and 'eval_loss' not in last and not preempted:
+      last['eval_loss'] = trainer.evaluate()  # nothing was left to train: evaluate anyway
     summary = {k: float(v) for k, v in last.items() if v is not None}
+    if preempted:
+      tracker.print(f'stopped by SIGTERM: saved step {last["preempted_at"]} to {ckpt.directory}')
+      return summary
     if cfg.sample.max_new_tokens:
       summary['sample'] = trainer.sample()
       tracker.print('--- sample ---\n' + summary['sample'])
