@@ -92,7 +92,7 @@ def _reference_mismatch(cfg, model_cfg) -> str | None:
 def _vocab_size(cfg) -> int:
   if cfg.model.vocab_size:
     return cfg.model.vocab_size
-  return data.load(cfg.data.source).tokenizer.vocab_size  # what `train` would use
+  return data.load_tokenizer(cfg.data).vocab_size  # what `train` would use
 
 
 def _peak_memory_bytes() -> int | None:
@@ -106,12 +106,12 @@ def _timed(fn) -> float:
   return time.perf_counter() - start
 
 
-def _framework_timer(compiled, state, inputs, targets):
+def _framework_timer(compiled, state, batch):
   """A zero-argument function that runs one framework train step and returns its loss."""
   live = {'state': state}
 
   def step():
-    live['state'], metrics = compiled(live['state'], inputs, targets)
+    live['state'], metrics = compiled(live['state'], batch)
     return metrics['loss']
 
   return step
@@ -156,14 +156,14 @@ def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None)
   b, t = cfg.train.batch_size, cfg.data.seq_len
   tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, (b, t + 1), dtype=np.int32)
   put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
-  inputs, targets = put(tokens[:, :-1]), put(tokens[:, 1:])
+  batch = {'inputs': put(tokens[:, :-1]), 'targets': put(tokens[:, 1:])}
 
   start = time.perf_counter()
-  compiled = train_step.lower(state, inputs, targets).compile()
+  compiled = train_step.lower(state, batch).compile()
   result = {'compile_s': time.perf_counter() - start}
-  timers = {'framework': _framework_timer(compiled, state, inputs, targets)}
+  timers = {'framework': _framework_timer(compiled, state, batch)}
   if reference:
-    timers['reference'] = _reference_timer(cfg, model_cfg, inputs, targets)
+    timers['reference'] = _reference_timer(cfg, model_cfg, **batch)
   times = _median_times(timers, steps=steps, warmup=warmup)
 
   step_s = times['framework']

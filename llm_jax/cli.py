@@ -1,7 +1,8 @@
 """`llm-jax COMMAND --config FILE[:ARG] [--config.key=value ...] [flags]`.
 
-Commands: train, bench. Bad input (unknown config key, invalid value, missing file) ends with
-one line on stderr naming the field or file and exit status 2, before anything is compiled.
+Commands: prepare, train, bench, export. Bad input (unknown config key, invalid value, missing
+file) ends with one line on stderr naming the field or file and exit status 2, before anything is
+compiled.
 """
 
 import json
@@ -15,7 +16,11 @@ from ml_collections import config_flags
 USAGE = """usage: llm-jax COMMAND --config FILE[:ARG] [--config.KEY=VALUE ...] [FLAGS]
 
 commands:
+  prepare tokenize a corpus: llm-jax prepare --source=text:corpus.txt --out=data/corpus
+                             [--tokenizer=char|byte|bpe|gpt2:DIR|sentencepiece:FILE
+                              --vocab_size=N --val_fraction=F --workers=N]
   train   train a model:     llm-jax train --config configs/gpt_tiny.py --workdir runs/tiny
+                             [--config.data.path=data/corpus]
   bench   time a train step: llm-jax bench --config configs/gpt_tiny.py [--steps 20]
   export  params only:       llm-jax export --workdir runs/tiny --out exports/tiny
 """
@@ -44,12 +49,33 @@ def _define_flags(argv) -> flags.FlagValues:
     flag_values=fv,
   )
   flags.DEFINE_string(
-    'out', None, 'export: directory for the params-only checkpoint.', flag_values=fv
+    'out', None, 'export: params-only checkpoint dir; prepare: shard dir.', flag_values=fv
   )
   flags.DEFINE_string(
     'json', None, 'bench: also write the result as JSON to this file.', flag_values=fv
   )
+  _define_prepare_flags(fv)
   return fv
+
+
+def _define_prepare_flags(fv) -> None:
+  """prepare's flags: the data.* settings it reads, defaulting to the base config's."""
+  from llm_jax import config
+
+  d = config.base_config().data
+  for name, help_text in (
+    ('source', 'data source: shakespeare, text:GLOB, jsonl:GLOB or tfds:NAME[/CONFIG]:SPLIT.'),
+    ('tokenizer', 'char, byte, bpe, gpt2:DIR or sentencepiece:FILE.'),
+    ('text_field', 'jsonl/tfds: the field holding the text.'),
+    ('text_documents', 'text: documents end at a blank_line, or one per file.'),
+    ('tfds_data_dir', 'tfds: where the dataset is built.'),
+  ):
+    flags.DEFINE_string(name, d[name], f'prepare: {help_text}', flag_values=fv)
+  flags.DEFINE_integer('vocab_size', d.vocab_size, 'prepare: bpe vocabulary size.', flag_values=fv)
+  flags.DEFINE_float(
+    'val_fraction', d.val_fraction, 'prepare: share of documents held out.', flag_values=fv
+  )
+  flags.DEFINE_integer('workers', 0, 'prepare: encoding processes (0: all cores).', flag_values=fv)
 
 
 class UsageError(Exception):
@@ -142,6 +168,27 @@ def _bench(fv) -> int:
   return 0
 
 
+def _prepare(fv) -> int:
+  from llm_jax import config
+  from llm_jax.data import prepare
+
+  if not fv.out:
+    raise UsageError('prepare needs --out DIR (and --source, default shakespeare)')
+  d = config.base_config().data
+  d.update({k: fv[k].value for k in d if k in fv and k not in ('seq_len', 'prefetch')})
+  config.validate_data(d)
+  manifest = prepare.prepare(d, fv.out, workers=fv.workers, progress=sys.stderr.isatty())
+  splits = manifest['splits']
+  print(
+    f'prepared {fv.out}: {splits["train"]["tokens"]:,} train tokens'
+    f' ({splits["train"]["documents"]:,} documents), {splits["validation"]["tokens"]:,}'
+    f' validation tokens ({splits["validation"]["documents"]:,} documents),'
+    f' {manifest["tokenizer"]["kind"]} tokenizer with {manifest["tokenizer"]["vocab_size"]} ids'
+  )
+  print(f'train on it: llm-jax train --config ... --config.data.path={fv.out}')
+  return 0
+
+
 def _export(fv) -> int:
   from llm_jax.train import loop
 
@@ -151,7 +198,7 @@ def _export(fv) -> int:
   return 0
 
 
-COMMANDS = {'train': _train, 'bench': _bench, 'export': _export}
+COMMANDS = {'prepare': _prepare, 'train': _train, 'bench': _bench, 'export': _export}
 
 
 def main(argv=None) -> int:
@@ -166,16 +213,18 @@ def main(argv=None) -> int:
   from llm_jax import distributed
   from llm_jax.checkpoint import CheckpointError
   from llm_jax.config import ConfigError
+  from llm_jax.data import DataError
   from llm_jax.train.loop import NonFiniteError
 
   try:
-    fv = _parse([argv[0]] + argv[2:], needs_config=command != 'export')
+    fv = _parse([argv[0]] + argv[2:], needs_config=command not in ('export', 'prepare'))
     if fv.config is not None:
       distributed.initialize(fv.config.distributed)  # before anything touches a device
     return COMMANDS[command](fv)
   except (
     UsageError,
     ConfigError,
+    DataError,
     CheckpointError,
     distributed.DistributedError,
     FileNotFoundError,

@@ -10,7 +10,8 @@ import json
 import ml_collections
 
 from llm_jax import sharding
-from llm_jax.data import SOURCES
+from llm_jax.data import DataError, sources
+from llm_jax.data import tokenizer as tokenizer_lib
 from llm_jax.models import MODELS
 from llm_jax.models.gpt import ATTENTION, DTYPES, POSITIONS
 
@@ -37,7 +38,21 @@ def base_config() -> ml_collections.ConfigDict:
     dtype='float32',
     attention='auto',
   )
-  c.data = dict(source='shakespeare', seq_len=256)
+  # Data: `source` tokenized at start-up, or `path` = shards from `llm-jax prepare` (see
+  # llm_jax/data/sources.py for source specs: shakespeare, text:GLOB, jsonl:GLOB, tfds:NAME:SPLIT).
+  c.data = dict(
+    source='shakespeare',
+    path='',
+    seq_len=256,
+    tokenizer='char',  # char | byte | bpe | gpt2:DIR | sentencepiece:FILE
+    vocab_size=0,  # bpe: the vocabulary to train
+    val_fraction=0.05,  # documents held out (the embedded corpus holds out whole plays instead)
+    text_field='text',  # jsonl and tfds: the field holding the text
+    text_documents='blank_line',  # text: documents end at blank lines, or 'file': one per file
+    tfds_data_dir='',  # where TFDS datasets are built ('' = TFDS's default)
+    segment_ids=False,  # attention and positions restart at each document (EOS)
+    prefetch=2,  # batches read and transferred ahead of the step loop (0: none)
+  )
   c.train = dict(
     steps=5000,
     batch_size=64,  # global batch per optimizer step, in sequences
@@ -116,11 +131,12 @@ def _check(ok: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def _choice_in(value, name: str, choices) -> None:
+  _check(value in choices, f'{name}={value!r} must be one of {", ".join(map(str, choices))}')
+
+
 def _choice(cfg, section: str, field: str, choices) -> None:
-  value = cfg[section][field]
-  _check(
-    value in choices, f'{section}.{field}={value!r} must be one of {", ".join(map(str, choices))}'
-  )
+  _choice_in(cfg[section][field], f'{section}.{field}', choices)
 
 
 def validate_distributed(d) -> None:
@@ -137,6 +153,26 @@ def validate_distributed(d) -> None:
   _check(d.timeout_s > 0, f'distributed.timeout_s={d.timeout_s} must be positive')
 
 
+def validate_data(d) -> None:
+  """Checks `data.*` alone (also what `llm-jax prepare` reads); files are not looked at."""
+  try:
+    sources.check_spec(d.source)
+    kind, _ = tokenizer_lib.parse(d.tokenizer)
+  except DataError as e:
+    raise ConfigError(str(e)) from None
+  _check(
+    not (d.path and d.source != 'shakespeare'),
+    f'data.path={d.path!r} and data.source={d.source!r}: set one (prepared data or a source)',
+  )
+  _check(
+    kind != 'bpe' or d.vocab_size > 0,
+    'data.tokenizer=bpe needs data.vocab_size (the vocabulary to train)',
+  )
+  _check(0 < d.val_fraction <= 0.5, f'data.val_fraction={d.val_fraction} must be in (0, 0.5]')
+  _choice_in(d.text_documents, 'data.text_documents', sources.TEXT_DOCUMENTS)
+  _check(d.prefetch >= 0, f'data.prefetch={d.prefetch} must be >= 0')
+
+
 def validate(cfg, num_devices: int, backend: str) -> None:
   """Raise ConfigError naming the first field that cannot work on `num_devices` devices."""
   m, t, o = cfg.model, cfg.train, cfg.optimizer
@@ -145,7 +181,7 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   _choice(cfg, 'model', 'dtype', tuple(DTYPES))
   _choice(cfg, 'model', 'attention', ATTENTION)
   _choice(cfg, 'model', 'position', POSITIONS)
-  _choice(cfg, 'data', 'source', SOURCES)
+  validate_data(cfg.data)
   for field in ('n_layer', 'n_head', 'n_embd', 'block_size', 'mlp_ratio'):
     _check(m[field] > 0, f'model.{field}={m[field]} must be positive')
   _check(m.vocab_size >= 0, f'model.vocab_size={m.vocab_size} must be >= 0 (0: from the tokenizer)')

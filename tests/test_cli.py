@@ -21,6 +21,16 @@ def llm_jax(*args, timeout=300):
   )
 
 
+def in_repo(argv):
+  """`llm-jax ARGV` in this process, from the repository root as a user would run it."""
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    return cli.main(['llm-jax', *argv])
+  finally:
+    os.chdir(cwd)
+
+
 @pytest.mark.slow
 def test_train_end_to_end_in_a_subprocess(tmp_path):
   workdir = tmp_path / 'run'
@@ -52,13 +62,9 @@ def test_train_end_to_end_in_a_subprocess(tmp_path):
   ],
 )
 def test_bad_input_is_one_line_naming_the_field(args, message, tmp_path, capsys):
-  argv = ['llm-jax', 'train', '--config', 'configs/gpt_tiny.py', '--workdir', str(tmp_path / 'w')]
-  cwd = os.getcwd()
-  os.chdir(REPO)
-  try:
-    code = cli.main(argv + args)
-  finally:
-    os.chdir(cwd)
+  code = in_repo(
+    ['train', '--config', 'configs/gpt_tiny.py', '--workdir', str(tmp_path / 'w')] + args
+  )
   err = capsys.readouterr().err.strip()
   assert code == 2
   assert err.count('\n') == 0 and message in err, err
@@ -76,3 +82,37 @@ def test_missing_files_and_arguments(tmp_path):
   assert "unknown argument 'gpu'" in result.stderr and result.stderr.count('\n') == 1
   result = llm_jax('frobnicate')
   assert result.returncode == 2 and "unknown command 'frobnicate'" in result.stderr
+
+
+def test_prepare_then_train_on_the_shards(tmp_path, capsys):
+  from tests.test_prepare import DOCS
+
+  (tmp_path / 'corpus.txt').write_text('\n\n'.join(DOCS * 5))
+  out = tmp_path / 'bpe'
+  prepare = ['prepare', f'--source=text:{tmp_path}/corpus.txt', f'--out={out}']
+  assert in_repo(prepare + ['--tokenizer=bpe', '--vocab_size=300']) == 0
+  assert 'bpe tokenizer with 300 ids' in capsys.readouterr().out
+  train = ['train', '--config', 'configs/gpt_tiny.py', '--workdir', str(tmp_path / 'run')]
+  train += [f'--config.data.path={out}', '--config.data.segment_ids=True']
+  train += [
+    '--config.train.steps=20',
+    '--config.train.log_every=10',
+    '--config.wandb.mode=disabled',
+  ]
+  assert in_repo(train + ['--config.sample.max_new_tokens=20']) == 0
+  captured = capsys.readouterr().out
+  assert f'data {out}' in captured and 'bpe tokenizer (300 ids)' in captured
+  assert 'final eval_loss' in captured
+  assert (tmp_path / 'run' / 'tokenizer.json').read_text() == (out / 'tokenizer.json').read_text()
+
+
+def test_prepare_names_a_missing_file(tmp_path, capsys):
+  code = in_repo(['prepare', '--source=text:nowhere/corpus.txt', f'--out={tmp_path}'])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and err.count('\n') == 0
+  missing = 'data.source=text:nowhere/corpus.txt: no file matches nowhere/corpus.txt'
+  assert err == f'llm-jax prepare: error: {missing}'
+  code = in_repo(['train', '--config', 'configs/gpt_tiny.py', '--workdir', str(tmp_path / 'w'),
+                  f'--config.data.path={tmp_path}/none'])  # fmt: skip
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and 'none: no manifest.json there' in err and err.count('\n') == 0

@@ -97,3 +97,16 @@ def test_cudnn_attention_matches_xla_on_gpu():
   xla = models.build(small(dtype='bfloat16', attention='xla'), seed=0)(x)
   cudnn = models.build(small(dtype='bfloat16', attention='cudnn'), seed=0)(x)
   np.testing.assert_allclose(cudnn, xla, atol=0.05)
+
+
+@pytest.mark.parametrize('position', ['learned', 'rope'])
+def test_segment_ids_keep_each_document_to_itself(position):
+  model = models.build(small(position=position), seed=0)
+  a, b = tokens(1, 6, seed=1), tokens(1, 10, seed=2)
+  packed = jnp.concatenate([a, b], axis=1)  # two documents in one (1, 16) row
+  segment_ids = jnp.array([[0] * 6 + [1] * 10])
+  positions = jnp.array([list(range(6)) + list(range(10))])
+  out = model(packed, segment_ids=segment_ids, positions=positions)
+  np.testing.assert_allclose(out[:, :6], model(a), atol=1e-5)
+  np.testing.assert_allclose(out[:, 6:], model(b), atol=1e-5)
+  assert not np.allclose(model(packed)[:, 6:], model(b), atol=1e-3)  # unmasked, b sees a

@@ -120,7 +120,7 @@ def _losses(steps, mesh, num_steps=5):
   for _ in range(num_steps):
     x = rng.integers(0, 64, (16, 65), dtype=np.int32)
     put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
-    state, metrics = steps.train(state, put(x[:, :-1]), put(x[:, 1:]))
+    state, metrics = steps.train(state, {'inputs': put(x[:, :-1]), 'targets': put(x[:, 1:])})
     losses.append(float(metrics['loss']))
   return losses
 
@@ -137,7 +137,7 @@ def test_every_strategy_trains_like_one_device():
 def test_activations_are_constrained_at_block_boundaries():
   cfg, mesh, steps = _steps(STRATEGIES['fsdp=4×tensor=2'])
   batch = jax.ShapeDtypeStruct((16, 64), np.int32, sharding=loop.batch_sharding(mesh))
-  hlo = steps.train.lower(steps.abstract, batch, batch).as_text()
+  hlo = steps.train.lower(steps.abstract, {'inputs': batch, 'targets': batch}).as_text()
   # One constraint before and after each of the 2 blocks, in the forward and backward pass.
   assert hlo.count('sdy.sharding_constraint') >= 2 * cfg.model.n_layer
 

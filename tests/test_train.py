@@ -6,6 +6,7 @@ import pytest
 
 from llm_jax import config, models, sharding
 from llm_jax.data import loader
+from llm_jax.data.tokens import TokenStream
 from llm_jax.train import loop, optim
 from tests.conftest import tiny_config
 
@@ -45,19 +46,24 @@ def test_same_seed_gives_identical_losses(tmp_path):
   assert losses(tmp_path / 'c') != losses(tmp_path / 'a')
 
 
+def random_batch(batch_size, num_tokens=10_000, vocab=80) -> dict:
+  tokens = np.random.default_rng(0).integers(0, vocab, num_tokens).astype(np.uint16)
+  batches = loader.TrainBatches(TokenStream([tokens]), batch_size=batch_size, seq_len=64, seed=0)
+  return batches(0).arrays()
+
+
 def _one_step_params(cfg, batch):
   model_cfg = models.model_config(cfg.model, vocab_size=80)
   mesh = sharding.make_mesh(cfg.mesh)
   steps = loop.build_steps(cfg, model_cfg, mesh)
   state, train_step = steps.init(), steps.train
   put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
-  state, metrics = train_step(state, put(batch.inputs), put(batch.targets))
+  state, metrics = train_step(state, jax.tree.map(put, batch))
   return jax.device_get(state.params), float(metrics['loss'])
 
 
 def test_gradient_accumulation_matches_one_big_batch():
-  tokens = np.random.default_rng(0).integers(0, 80, 10_000).astype(np.uint16)
-  batch = loader.train_batch(tokens, 0, batch_size=32, seq_len=64, seed=0)
+  batch = random_batch(32)
   whole, loss_whole = _one_step_params(tiny_config(batch_size=32), batch)
   accum, loss_accum = _one_step_params(tiny_config(batch_size=32, grad_accum_steps=4), batch)
   assert loss_accum == pytest.approx(loss_whole, rel=1e-5)
@@ -73,12 +79,9 @@ def test_overfits_one_batch():
   mesh = sharding.make_mesh(cfg.mesh)
   steps = loop.build_steps(cfg, model_cfg, mesh)
   state, train_step = steps.init(), steps.train
-  tokens = np.random.default_rng(0).integers(0, 80, 1000).astype(np.uint16)
-  batch = loader.train_batch(tokens, 0, batch_size=8, seq_len=64, seed=0)
-  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
-  inputs, targets = put(batch.inputs), put(batch.targets)
+  batch = jax.device_put(random_batch(8, num_tokens=1000), loop.batch_sharding(mesh))
   for _ in range(cfg.train.steps):
-    state, metrics = jax.block_until_ready(train_step(state, inputs, targets))
+    state, metrics = jax.block_until_ready(train_step(state, batch))
   # Random tokens start at ln(80) = 4.38 nats; memorising 512 of them drives the loss near 0.
   assert float(metrics['loss']) < 0.05
 
@@ -100,15 +103,15 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 def _poison_step(monkeypatch, bad_step):
   """Makes the batch of `bad_step` give a non-finite loss (a target id past the vocabulary)."""
-  real = loader.train_batch
+  real = loader.TrainBatches.__call__
 
-  def batch(tokens, step, **kw):
-    b = real(tokens, step, **kw)
+  def batch(self, step, rows=slice(None)):
+    b = real(self, step, rows)
     if step == bad_step:
       return loader.Batch(b.inputs, np.full_like(b.targets, 10_000))
     return b
 
-  monkeypatch.setattr(loader, 'train_batch', batch)
+  monkeypatch.setattr(loader.TrainBatches, '__call__', batch)
 
 
 def test_a_nonfinite_step_halts_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -135,12 +138,12 @@ def test_a_skipped_update_leaves_params_and_optimizer_untouched():
   model_cfg = models.model_config(cfg.model, vocab_size=80)
   mesh = sharding.make_mesh(cfg.mesh)
   steps = loop.build_steps(cfg, model_cfg, mesh)
-  tokens = np.random.default_rng(0).integers(0, 80, 1000).astype(np.uint16)
-  good = loader.train_batch(tokens, 0, batch_size=8, seq_len=64, seed=0)
-  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
-  state, _ = steps.train(steps.init(), put(good.inputs), put(good.targets))
+  good = random_batch(8, num_tokens=1000)
+  bad = dict(good, targets=np.full_like(good['targets'], 10_000))
+  put = lambda b: jax.device_put(b, loop.batch_sharding(mesh))
+  state, _ = steps.train(steps.init(), put(good))
   before = jax.device_get(state)
-  state, metrics = steps.train(state, put(good.inputs), put(np.full_like(good.targets, 10_000)))
+  state, metrics = steps.train(state, put(bad))
   assert not np.isfinite(float(metrics['loss']))
   after = jax.device_get(state)
   for a, b in zip(jax.tree.leaves((after.params, after.opt_state)),

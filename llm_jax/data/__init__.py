@@ -1,39 +1,74 @@
-"""Data: the embedded corpus, tokenizers and batching."""
+"""Data: sources, tokenizers, prepared token shards and batching.
+
+A run reads either prepared shards (`data.path`, written by `llm-jax prepare`) or tokenizes
+`data.source` in memory at start-up (the embedded corpus and other small corpora). Either way the
+tokenizer is saved in the workdir and reused on resume, so ids never change under a run.
+"""
 
 import dataclasses
 import pathlib
 
-import numpy as np
+from llm_jax.data import prepare, sources, tokens
+from llm_jax.data import tokenizer as tokenizer_lib
+from llm_jax.data.errors import DataError
+from llm_jax.data.tokenizer import Tokenizer
 
-from llm_jax.data import corpus
-from llm_jax.data.tokenizer import CharTokenizer
+TOKENIZER_FILE = tokens.TOKENIZER
 
-SOURCES = ('shakespeare',)
-TOKENIZER_FILE = 'tokenizer.json'
+__all__ = ['DataError', 'Dataset', 'Tokenizer', 'load', 'load_tokenizer', 'TOKENIZER_FILE']
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  train: np.ndarray  # token ids of the training text
-  validation: np.ndarray  # token ids of the held-out text
-  tokenizer: CharTokenizer
+  train: tokens.TokenStream
+  validation: tokens.TokenStream
+  tokenizer: Tokenizer
+  origin: str  # what was read: the source spec or the prepared directory
 
 
-def load(source: str, workdir: pathlib.Path | None = None) -> Dataset:
-  """Tokenized train/validation text of `source`.
+def _same(a: Tokenizer, b: Tokenizer) -> bool:
+  return a.spec() == b.spec()
 
-  A tokenizer already saved in `workdir` is reused so ids stay stable across restarts;
-  otherwise one is built from the training text and saved there.
-  """
-  if source != 'shakespeare':
-    raise ValueError(f'data.source={source!r} is unknown; choose one of {", ".join(SOURCES)}')
-  train_plays, val_plays = corpus.split_plays(corpus.load_plays())
-  train_text, val_text = corpus.join(train_plays), corpus.join(val_plays)
-  saved = workdir / TOKENIZER_FILE if workdir else None
+
+def _from_path(data_cfg, saved: pathlib.Path | None) -> Dataset:
+  prepared = tokens.open_prepared(data_cfg.path)
+  tok = prepared.tokenizer
+  if saved and saved.exists() and not _same(tokenizer_lib.load(saved), tok):
+    raise DataError(
+      f'data.path={data_cfg.path}: its tokenizer differs from the one this run trained with'
+      f' ({saved}); use a new --workdir'
+    )
+  if saved:
+    tok.save(saved)
+  return Dataset(prepared.splits['train'], prepared.splits['validation'], tok, str(prepared.path))
+
+
+def _from_source(data_cfg, saved: pathlib.Path | None) -> Dataset:
+  source = sources.open_source(data_cfg)
   if saved and saved.exists():
-    tokenizer = CharTokenizer.load(saved)
+    tok = tokenizer_lib.load(saved)
   else:
-    tokenizer = CharTokenizer.from_text(train_text)
+    tok = prepare.build_tokenizer(source, data_cfg)
     if saved:
-      tokenizer.save(saved)
-  return Dataset(tokenizer.encode(train_text), tokenizer.encode(val_text), tokenizer)
+      tok.save(saved)
+  streams = prepare.tokenize(source, tok)
+  return Dataset(streams['train'], streams['validation'], tok, data_cfg.source)
+
+
+def load(data_cfg, workdir: pathlib.Path | None = None) -> Dataset:
+  """Train and validation tokens for `data_cfg`, with the run's tokenizer.
+
+  `workdir` given: the tokenizer is saved there, and one already there is reused (for a source)
+  or must match (for prepared data).
+  """
+  saved = workdir / TOKENIZER_FILE if workdir else None
+  if data_cfg.path:
+    return _from_path(data_cfg, saved)
+  return _from_source(data_cfg, saved)
+
+
+def load_tokenizer(data_cfg) -> Tokenizer:
+  """The tokenizer a run of `data_cfg` would use, without tokenizing the corpus when avoidable."""
+  if data_cfg.path:
+    return tokens.open_prepared(data_cfg.path).tokenizer
+  return prepare.build_tokenizer(sources.open_source(data_cfg), data_cfg)

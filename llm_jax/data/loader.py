@@ -1,55 +1,175 @@
-"""Token batches from an in-memory token array.
+"""Batches from token streams: deterministic, resumable, split across processes.
 
-The training batch at step s is a pure function of (seed, s): windows start at offsets drawn from
-a generator seeded with both, so a run restarted at step s sees exactly the batches it would have
-seen. Evaluation uses a fixed set of evenly spaced windows covering the whole held-out text.
+Training reads non-overlapping windows of seq_len + 1 tokens from the split's token stream
+(documents packed back to back, EOS between them). Grain's index shuffle permutes the windows
+afresh every epoch without materialising a permutation, and the global batch at step s is
+entries s·B ... s·B + B - 1 of that endless shuffled sequence: a pure function of (seed, s).
+Resuming at step s needs only s, and each process reads only its rows of the global batch, so
+hosts read disjoint data that together make up the whole batch.
+
+With segment ids, every token also carries the index of its document within the window (an EOS
+starts the next document) and its position counted from that document's start, so the model can
+keep attention and position embeddings inside each document.
 """
 
 import dataclasses
+import queue
+import threading
+from collections.abc import Callable
 
+import grain
 import numpy as np
+
+from llm_jax.data.errors import DataError
+from llm_jax.data.tokens import TokenStream
 
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
   inputs: np.ndarray  # (B, T) int32
   targets: np.ndarray  # (B, T) int32, inputs shifted left by one
+  segment_ids: np.ndarray | None = None  # (B, T) int32, document index within the window
+  positions: np.ndarray | None = None  # (B, T) int32, offset from the document's first token
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    fields = (f.name for f in dataclasses.fields(self))  # not asdict: that deep-copies arrays
+    return {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> Batch:
-  idx = starts[:, None] + np.arange(seq_len + 1)[None, :]  # (B, T+1)
-  chunk = tokens[idx].astype(np.int32)
-  return Batch(inputs=chunk[:, :-1], targets=chunk[:, 1:])
+def segments(inputs: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """(segment_ids, positions) of (B, T) inputs: each EOS opens a new segment at position 0."""
+  is_eos = inputs == eos_id
+  segment_ids = np.cumsum(is_eos, axis=1, dtype=np.int32)
+  t = np.arange(inputs.shape[1], dtype=np.int32)
+  starts = np.maximum.accumulate(np.where(is_eos, t, 0), axis=1)
+  return segment_ids, t - starts
 
 
-def _check_length(tokens: np.ndarray, seq_len: int, name: str) -> None:
-  if len(tokens) <= seq_len:
-    raise ValueError(f'{name} has {len(tokens)} tokens, fewer than one window of {seq_len + 1}')
+def _batch(chunk: np.ndarray, eos_id: int | None) -> Batch:
+  inputs, targets = chunk[:, :-1], chunk[:, 1:]
+  if eos_id is None:
+    return Batch(inputs, targets)
+  return Batch(inputs, targets, *segments(inputs, eos_id))
 
 
-def train_batch(
-  tokens: np.ndarray,
-  step: int,
-  *,
-  batch_size: int,
-  seq_len: int,
-  seed: int,
-  rows: slice = slice(None),
-) -> Batch:
-  """Rows `rows` of the training batch for `step`: random windows, a function of (seed, step).
+def _check_length(stream: TokenStream, seq_len: int, split: str) -> None:
+  if len(stream) <= seq_len:
+    raise DataError(
+      f'data.seq_len={seq_len} is longer than the {split} split ({len(stream)} tokens): use a'
+      ' shorter data.seq_len or more text'
+    )
 
-  Every process draws the same window offsets and reads only the rows its devices hold.
+
+class TrainBatches:
+  """`batches(step, rows)`: rows `rows` of the global training batch for `step`.
+
+  `eos_id` given: batches carry segment ids and positions.
   """
-  _check_length(tokens, seq_len, 'training text')
-  rng = np.random.default_rng([seed, step])
-  starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
-  return _windows(tokens, starts[rows], seq_len)
+
+  def __init__(
+    self,
+    stream: TokenStream,
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    eos_id: int | None = None,
+  ):
+    _check_length(stream, seq_len, 'train')
+    self.stream, self.batch_size, self.seq_len, self.eos_id = stream, batch_size, seq_len, eos_id
+    self.num_windows = (len(stream) - 1) // seq_len
+    self._order = grain.MapDataset.range(self.num_windows).shuffle(seed=seed).repeat()
+
+  @property
+  def keys(self) -> tuple[str, ...]:
+    """The names of the arrays in every batch."""
+    return ('inputs', 'targets') + (('segment_ids', 'positions') if self.eos_id is not None else ())
+
+  def window_indices(self, step: int, rows: slice = slice(None)) -> list[int]:
+    first = step * self.batch_size
+    return [self._order[first + r] for r in range(self.batch_size)[rows]]
+
+  def __call__(self, step: int, rows: slice = slice(None)) -> Batch:
+    t = self.seq_len
+    chunk = np.stack([self.stream.read(w * t, t + 1) for w in self.window_indices(step, rows)])
+    return _batch(chunk, self.eos_id)
 
 
 def eval_batches(
-  tokens: np.ndarray, *, num_batches: int, batch_size: int, seq_len: int
+  stream: TokenStream,
+  *,
+  num_batches: int,
+  batch_size: int,
+  seq_len: int,
+  eos_id: int | None = None,
 ) -> list[Batch]:
-  """`num_batches` batches of windows spread evenly over the whole held-out text."""
-  _check_length(tokens, seq_len, 'validation text')
-  starts = np.linspace(0, len(tokens) - seq_len - 1, num_batches * batch_size).astype(np.int64)
-  return [_windows(tokens, s, seq_len) for s in starts.reshape(num_batches, batch_size)]
+  """`num_batches` batches of windows spread evenly over the whole held-out split."""
+  _check_length(stream, seq_len, 'validation')
+  starts = np.linspace(0, len(stream) - seq_len - 1, num_batches * batch_size).astype(np.int64)
+  return [
+    _batch(np.stack([stream.read(int(s), seq_len + 1) for s in batch]), eos_id)
+    for batch in starts.reshape(num_batches, batch_size)
+  ]
+
+
+class Prefetch:
+  """Iterates `produce(step)` for steps [start, stop), computed `depth` steps ahead on a thread.
+
+  Reading and transferring the next batches overlaps the device's work on the current one. An
+  exception in `produce` is raised by the iteration that would have returned its result.
+  """
+
+  def __init__(self, produce: Callable, start: int, stop: int, depth: int):
+    self._produce, self._steps, self._depth = produce, iter(range(start, stop)), depth
+    self._queue = queue.Queue(maxsize=max(depth, 1))
+    self._done = threading.Event()
+    self._thread = None
+    if depth:
+      self._thread = threading.Thread(target=self._fill, name='prefetch', daemon=True)
+      self._thread.start()
+
+  def _put(self, item) -> bool:
+    """Queues `item` unless closed first; whether it was queued."""
+    while not self._done.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _fill(self) -> None:
+    for step in self._steps:
+      try:
+        item = (step, self._produce(step), None)
+      except Exception as e:  # noqa: BLE001 -- handed to the consumer
+        item = (step, None, e)
+      if not self._put(item) or item[2] is not None:
+        return
+    self._put(None)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if not self._depth:
+      step = next(self._steps)
+      return step, self._produce(step)
+    item = self._queue.get()
+    if item is None:
+      raise StopIteration
+    step, value, error = item
+    if error is not None:
+      raise error
+    return step, value
+
+  def close(self) -> None:
+    self._done.set()
+    if self._thread is not None:
+      self._thread.join()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

@@ -1,58 +1,278 @@
-"""Character-level tokenizer: one id per character seen in the training text.
+"""Tokenizers: characters (default), bytes, BPE trained here, GPT-2 files, SentencePiece models.
 
-Characters that never appear in training (rare in held-out plays) map to one unknown id, so
-validation text never fails to encode. The vocabulary is saved as JSON in the workdir.
+`data.tokenizer` names one: `char`, `byte`, `bpe` (byte-level BPE trained on the training
+documents with HF `tokenizers`, `data.vocab_size` entries), `gpt2:DIR` (`vocab.json` and
+`merges.txt` in DIR) or `sentencepiece:FILE` (a `.model` file). Every tokenizer has an
+end-of-sequence id that separates documents, and saves itself as one self-contained JSON file,
+so prepared data and each run's workdir carry exactly the tokenizer their ids came from.
 """
 
+import base64
 import json
 import pathlib
+from collections.abc import Iterable
 
 import numpy as np
 
+from llm_jax.data.errors import DataError
+
+KINDS = ('char', 'byte', 'bpe', 'gpt2', 'sentencepiece')
+EOS_TEXT = '<|endoftext|>'
 UNKNOWN = '\ufffd'
+MIN_BPE_VOCAB = 258  # 256 byte symbols, the end-of-sequence token and at least one merge
 
 
-class CharTokenizer:
-  """Maps characters to ids; id `len(chars)` stands for any unseen character."""
+def parse(spec: str) -> tuple[str, str]:
+  """('gpt2', 'DIR') from 'gpt2:DIR'; DataError naming data.tokenizer when malformed."""
+  kind, _, arg = spec.partition(':')
+  if kind not in KINDS:
+    raise DataError(f'data.tokenizer={spec!r}: unknown kind {kind!r}; choose one of {KINDS}')
+  if (kind in ('gpt2', 'sentencepiece')) != bool(arg):
+    raise DataError(
+      f'data.tokenizer={spec!r}: write gpt2:DIR or sentencepiece:FILE; char, byte and bpe take'
+      ' no argument'
+    )
+  return kind, arg
+
+
+class Tokenizer:
+  """Text <-> ids. Subclasses set `kind`, `vocab_size`, `eos_id` and the conversions."""
+
+  kind: str
+  vocab_size: int
+  eos_id: int
+
+  @property
+  def dtype(self):
+    """The narrowest unsigned type holding every id: token files take half the space in uint16."""
+    return np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+
+  def encode(self, text: str) -> np.ndarray:
+    raise NotImplementedError
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    return [self.encode(t) for t in texts]
+
+  def decode(self, ids) -> str:
+    raise NotImplementedError
+
+  def to_json(self) -> dict:
+    raise NotImplementedError
+
+  def spec(self) -> dict:
+    return dict(kind=self.kind, **self.to_json())
+
+  def save(self, path: pathlib.Path) -> None:
+    path.write_text(json.dumps(self.spec()), encoding='utf-8')
+
+
+class CharTokenizer(Tokenizer):
+  """One id per character seen in training; one id for any unseen character, then EOS."""
 
   kind = 'char'
 
   def __init__(self, chars: str):
     if len(set(chars)) != len(chars):
-      raise ValueError('tokenizer characters must be unique')
+      raise DataError('tokenizer characters must be unique')
     self.chars = chars
     self._ids = {c: i for i, c in enumerate(chars)}
     self.unknown_id = len(chars)
+    self.eos_id = len(chars) + 1
+    self.vocab_size = len(chars) + 2
 
   @classmethod
-  def from_text(cls, text: str) -> 'CharTokenizer':
-    return cls(''.join(sorted(set(text))))
-
-  @property
-  def vocab_size(self) -> int:
-    return len(self.chars) + 1
+  def from_texts(cls, texts: Iterable[str]) -> 'CharTokenizer':
+    seen = set()
+    for text in texts:
+      seen.update(text)
+    return cls(''.join(sorted(seen)))
 
   def encode(self, text: str) -> np.ndarray:
-    """Text to a uint16 (or int32 for large vocabularies) id array."""
-    dtype = np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max else np.int32
-    return np.fromiter((self._ids.get(c, self.unknown_id) for c in text), dtype, len(text))
+    return np.fromiter((self._ids.get(c, self.unknown_id) for c in text), self.dtype, len(text))
 
   def decode(self, ids) -> str:
-    return ''.join(
-      self.chars[i] if i < len(self.chars) else UNKNOWN for i in np.asarray(ids).tolist()
-    )
+    table = [*self.chars, UNKNOWN, EOS_TEXT]
+    return ''.join(table[i] if i < len(table) else UNKNOWN for i in np.asarray(ids).tolist())
 
-  def save(self, path: pathlib.Path) -> None:
-    path.write_text(json.dumps({'kind': self.kind, 'chars': self.chars}), encoding='utf-8')
+  def to_json(self) -> dict:
+    return {'chars': self.chars}
+
+
+class ByteTokenizer(Tokenizer):
+  """UTF-8 bytes as ids 0-255, EOS 256: encodes any text with no training."""
+
+  kind = 'byte'
+  eos_id = 256
+  vocab_size = 257
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode('utf-8'), np.uint8).astype(self.dtype)
+
+  def decode(self, ids) -> str:
+    ids = np.asarray(ids)
+    pieces = np.split(ids, np.flatnonzero(ids >= 256))
+    out = [pieces[0].astype(np.uint8).tobytes().decode('utf-8', 'replace')]
+    for piece in pieces[1:]:
+      out.append(EOS_TEXT if piece[0] == self.eos_id else UNKNOWN)
+      out.append(piece[1:].astype(np.uint8).tobytes().decode('utf-8', 'replace'))
+    return ''.join(out)
+
+  def to_json(self) -> dict:
+    return {}
+
+
+class HFTokenizer(Tokenizer):
+  """A byte-level BPE from HF `tokenizers`: trained here (`bpe`) or GPT-2's files (`gpt2`)."""
+
+  def __init__(self, kind: str, tokenizer):
+    self.kind = kind
+    self._tok = tokenizer
+    eos = tokenizer.token_to_id(EOS_TEXT)
+    if eos is None:
+      raise DataError(f'the {kind} tokenizer has no {EOS_TEXT} token')
+    self.eos_id = eos
+    self.vocab_size = tokenizer.get_vocab_size()
 
   @classmethod
-  def load(cls, path: pathlib.Path) -> 'CharTokenizer':
+  def train(cls, texts: Iterable[str], vocab_size: int) -> 'HFTokenizer':
+    from tokenizers import trainers
+
+    if vocab_size < MIN_BPE_VOCAB:
+      raise DataError(
+        f'data.vocab_size={vocab_size}: a byte-level BPE needs at least {MIN_BPE_VOCAB}'
+      )
+    tok = _byte_level(_models().BPE())
+    trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size,
+      special_tokens=[EOS_TEXT],
+      initial_alphabet=_pre_tokenizers().ByteLevel.alphabet(),  # every byte: nothing is unknown
+      show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return cls('bpe', tok)
+
+  @classmethod
+  def gpt2(cls, directory: str) -> 'HFTokenizer':
+    files = [pathlib.Path(directory) / name for name in ('vocab.json', 'merges.txt')]
+    for f in files:
+      if not f.is_file():
+        raise FileNotFoundError(f'data.tokenizer=gpt2:{directory}: {f} not found')
+    tok = _byte_level(_models().BPE.from_file(*map(str, files)))
+    tok.add_special_tokens([EOS_TEXT])
+    return cls('gpt2', tok)
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, self.dtype)
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    # The Rust tokenizer spreads a batch over threads.
+    encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+    return [np.asarray(e.ids, self.dtype) for e in encodings]
+
+  def decode(self, ids) -> str:
+    return self._tok.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+
+  def to_json(self) -> dict:
+    return {'tokenizer': self._tok.to_str()}
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model; its own EOS piece separates documents."""
+
+  kind = 'sentencepiece'
+
+  def __init__(self, model_proto: bytes, name: str = 'the SentencePiece model'):
+    import sentencepiece
+
+    self._proto = model_proto
     try:
-      spec = json.loads(pathlib.Path(path).read_text(encoding='utf-8'))
+      self._sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+    except RuntimeError as e:
+      raise DataError(f'{name} is not a SentencePiece model: {e}') from None
+    if self._sp.eos_id() < 0:
+      raise DataError(f'{name} has no EOS piece to separate documents')
+    self.eos_id = self._sp.eos_id()
+    self.vocab_size = self._sp.get_piece_size()
+
+  @classmethod
+  def from_file(cls, path: str) -> 'SentencePieceTokenizer':
+    try:
+      return cls(pathlib.Path(path).read_bytes(), name=path)
     except FileNotFoundError:
-      raise FileNotFoundError(f'tokenizer file not found: {path}') from None
-    except json.JSONDecodeError as e:
-      raise ValueError(f'tokenizer file {path} is not valid JSON: {e}') from None
-    if spec.get('kind') != cls.kind or not isinstance(spec.get('chars'), str):
-      raise ValueError(f'tokenizer file {path} is not a character tokenizer')
-    return cls(spec['chars'])
+      raise FileNotFoundError(f'data.tokenizer=sentencepiece:{path}: {path} not found') from None
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._sp.encode(text), self.dtype)
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    return [np.asarray(ids, self.dtype) for ids in self._sp.encode(texts)]
+
+  def decode(self, ids) -> str:
+    return self._sp.decode(np.asarray(ids).tolist())
+
+  def to_json(self) -> dict:
+    return {'model': base64.b64encode(self._proto).decode('ascii')}
+
+
+def _models():
+  from tokenizers import models
+
+  return models
+
+
+def _pre_tokenizers():
+  from tokenizers import pre_tokenizers
+
+  return pre_tokenizers
+
+
+def _byte_level(model):
+  from tokenizers import Tokenizer as HF
+  from tokenizers import decoders
+
+  tok = HF(model)
+  # No prefix space: decode(encode(text)) == text, byte for byte.
+  tok.pre_tokenizer = _pre_tokenizers().ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  return tok
+
+
+def build(spec: str, vocab_size: int, train_texts: Iterable[str]) -> Tokenizer:
+  """The tokenizer `spec` names; `char` and `bpe` learn from `train_texts`."""
+  kind, arg = parse(spec)
+  if kind == 'char':
+    return CharTokenizer.from_texts(train_texts)
+  if kind == 'byte':
+    return ByteTokenizer()
+  if kind == 'bpe':
+    return HFTokenizer.train(train_texts, vocab_size)
+  if kind == 'gpt2':
+    return HFTokenizer.gpt2(arg)
+  return SentencePieceTokenizer.from_file(arg)
+
+
+def from_json(spec: dict) -> Tokenizer:
+  """The tokenizer that `Tokenizer.save` wrote as `spec`."""
+  kind = spec.get('kind') if isinstance(spec, dict) else None
+  if kind == 'char':
+    return CharTokenizer(spec['chars'])
+  if kind == 'byte':
+    return ByteTokenizer()
+  if kind in ('bpe', 'gpt2'):
+    from tokenizers import Tokenizer as HF
+
+    return HFTokenizer(kind, HF.from_str(spec['tokenizer']))
+  if kind == 'sentencepiece':
+    return SentencePieceTokenizer(base64.b64decode(spec['model']))
+  raise DataError(f'unknown tokenizer kind {kind!r}; expected one of {KINDS}')
+
+
+def load(path) -> Tokenizer:
+  """A tokenizer saved by `Tokenizer.save`, of any kind."""
+  path = pathlib.Path(path)
+  try:
+    return from_json(json.loads(path.read_text(encoding='utf-8')))
+  except FileNotFoundError:
+    raise FileNotFoundError(f'tokenizer file not found: {path}') from None
+  except Exception as e:  # noqa: BLE001 -- `tokenizers` raises bare Exception on bad JSON
+    raise DataError(f'tokenizer file {path} is damaged ({type(e).__name__}: {e})') from None

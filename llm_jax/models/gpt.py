@@ -57,12 +57,12 @@ def _axes(*names):
   return {'sharding_names': names}
 
 
-def rope(x, theta: float):
-  """Rotary position embedding over the last axis of x: (B, T, N, H)."""
-  t, h = x.shape[1], x.shape[-1]
+def rope(x, theta: float, positions):
+  """Rotary position embedding over the last axis of x: (B, T, N, H); positions (B or 1, T)."""
+  h = x.shape[-1]
   freqs = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)  # (H/2,)
-  angles = jnp.arange(t, dtype=jnp.float32)[:, None] * freqs[None, :]  # (T, H/2)
-  sin, cos = jnp.sin(angles)[None, :, None, :], jnp.cos(angles)[None, :, None, :]
+  angles = positions.astype(jnp.float32)[..., None] * freqs  # (B, T, H/2)
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
@@ -96,12 +96,15 @@ class Attention(nnx.Module):
     self.rope_theta = cfg.rope_theta if cfg.position == 'rope' else None
     self.implementation = attention_implementation(cfg.attention, cfg.dtype, jax.default_backend())
 
-  def __call__(self, x):
+  def __call__(self, x, positions, mask):
+    """x (B, T, C); positions (B or 1, T); mask (B, 1, T, T) or None: keys each query sees."""
     qkv = self.qkv(x)  # (B, T, 3, N, H)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.rope_theta is not None:
-      q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
-    y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.implementation)
+      q, k = rope(q, self.rope_theta, positions), rope(k, self.rope_theta, positions)
+    y = jax.nn.dot_product_attention(
+      q, k, v, mask=mask, is_causal=True, implementation=self.implementation
+    )
     return self.proj(y)
 
 
@@ -154,9 +157,9 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
-  def __call__(self, x, rngs: nnx.Rngs | None):
+  def __call__(self, x, positions, mask, rngs: nnx.Rngs | None):
     drop = rngs is None
-    x = x + self.dropout(self.attn(self.ln_1(x)), deterministic=drop, rngs=rngs)
+    x = x + self.dropout(self.attn(self.ln_1(x), positions, mask), deterministic=drop, rngs=rngs)
     return x + self.dropout(self.mlp(self.ln_2(x)), deterministic=drop, rngs=rngs)
 
 
@@ -185,12 +188,21 @@ class GPT(nnx.Module):
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
     self.ln_f = _layer_norm(cfg, rngs)
 
-  def __call__(self, tokens, *, rngs: nnx.Rngs | None = None):
-    """Next-token logits (B, T, V) in fp32 for tokens (B, T); dropout only when `rngs` is given."""
+  def __call__(self, tokens, *, segment_ids=None, positions=None, rngs: nnx.Rngs | None = None):
+    """Next-token logits (B, T, V) in fp32 for tokens (B, T); dropout only when `rngs` is given.
+
+    Packed documents: `segment_ids` (B, T) keep attention within each document, `positions`
+    (B, T) count from each document's start (default 0..T-1).
+    """
+    if positions is None:
+      positions = jnp.arange(tokens.shape[1])[None]  # (1, T): broadcast, not gathered per row
+    mask = None
+    if segment_ids is not None:
+      mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # (B, 1, T, T)
     x = self.wte(tokens)  # (B, T, C)
     if self.cfg.position == 'learned':
-      x = x + self.wpe(jnp.arange(tokens.shape[1]))
+      x = x + self.wpe(positions)
     x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
     for block in self.blocks:
-      x = constrain(block(constrain(x, RESIDUAL), rngs), RESIDUAL)
+      x = constrain(block(constrain(x, RESIDUAL), positions, mask, rngs), RESIDUAL)
     return self.wte.attend(self.ln_f(x)).astype(jnp.float32)  # tied output projection

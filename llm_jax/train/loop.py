@@ -17,6 +17,7 @@ from flax import nnx
 from llm_jax import checkpoint, data, generate, models, perf, sharding, tracking
 from llm_jax import config as config_lib
 from llm_jax.data import loader
+from llm_jax.data import tokenizer as tokenizer_lib
 from llm_jax.train import optim
 from llm_jax.train import step as step_lib
 
@@ -48,8 +49,8 @@ class Steps(NamedTuple):
   graphdef: nnx.GraphDef
   abstract: step_lib.TrainState  # ShapeDtypeStructs carrying the shardings
   init: Callable[[], step_lib.TrainState]
-  train: Callable  # (state, inputs, targets) -> (state, metrics); donates state
-  eval: Callable  # (params, inputs, targets) -> mean loss
+  train: Callable  # (state, batch) -> (state, metrics); donates state
+  eval: Callable  # (params, batch) -> mean loss
 
 
 def _traced_with_activation_sharding(fn, mesh, rules):
@@ -81,13 +82,13 @@ def build_steps(cfg, model_cfg, mesh) -> Steps:
   batch, replicated = batch_sharding(mesh, rules), sharding.replicated(mesh)
   train_step = jax.jit(
     _traced_with_activation_sharding(train_step, mesh, rules),
-    in_shardings=(shardings, batch, batch),
+    in_shardings=(shardings, batch),
     out_shardings=(shardings, replicated),
     donate_argnums=0,
   )
   eval_step = jax.jit(
     _traced_with_activation_sharding(step_lib.make_eval_step(graphdef), mesh, rules),
-    in_shardings=(shardings.params, batch, batch),
+    in_shardings=(shardings.params, batch),
     out_shardings=replicated,
   )
   init = step_lib.make_init(model_cfg, tx, cfg.train.seed, shardings)
@@ -115,8 +116,16 @@ class Trainer:
     is_writer = workdir is not None and jax.process_index() == 0
     if is_writer:
       workdir.mkdir(parents=True, exist_ok=True)
-    self.dataset = data.load(cfg.data.source, workdir if is_writer else None)
+    self.dataset = data.load(cfg.data, workdir if is_writer else None)
     self.model_cfg = _model_config(cfg, self.dataset.tokenizer)
+    eos = self.dataset.tokenizer.eos_id if cfg.data.segment_ids else None
+    self.train_batches = loader.TrainBatches(
+      self.dataset.train,
+      batch_size=cfg.train.batch_size,
+      seq_len=cfg.data.seq_len,
+      seed=cfg.train.seed,
+      eos_id=eos,
+    )
     self.mesh = sharding.make_mesh(cfg.mesh)
     self.steps = build_steps(cfg, self.model_cfg, self.mesh)
     self.train_step = self.steps.train
@@ -129,44 +138,38 @@ class Trainer:
       num_batches=cfg.eval.batches,
       batch_size=cfg.eval.batch_size,
       seq_len=cfg.data.seq_len,
+      eos_id=eos,
     )
     eval_shape = (cfg.eval.batch_size, cfg.data.seq_len)
     rows = local_rows(self.batch_sharding, eval_shape)
     # On device once, reused by every evaluation.
     self.eval_set = [
-      self._global(loader.Batch(b.inputs[rows], b.targets[rows]), eval_shape) for b in held_out
+      self._global({k: v[rows] for k, v in b.arrays().items()}, eval_shape) for b in held_out
     ]
 
   def init_state(self) -> None:
     self.state = self.steps.init()
 
-  def batch(self, step: int):
+  def batch(self, step: int) -> dict:
     """This process's rows of the training batch for `step`, as global arrays."""
-    b = loader.train_batch(
-      self.dataset.train,
-      step,
-      batch_size=self.cfg.train.batch_size,
-      seq_len=self.cfg.data.seq_len,
-      seed=self.cfg.train.seed,
-      rows=self.rows,
-    )
-    return self._global(b, self.global_shape)
+    return self._global(self.train_batches(step, self.rows).arrays(), self.global_shape)
 
-  def _global(self, local: loader.Batch, global_shape):
-    """(inputs, targets) as global arrays of `global_shape` from this process's rows."""
+  def _global(self, local: dict, global_shape) -> dict:
+    """Global arrays of `global_shape` from this process's rows of each batch array."""
     put = lambda a: jax.make_array_from_process_local_data(self.batch_sharding, a, global_shape)
-    return put(local.inputs), put(local.targets)
+    return {k: put(v) for k, v in local.items()}
 
   def compile(self) -> float:
     """Ahead-of-time compile of the train step from the abstract state; returns seconds."""
     start = time.perf_counter()
-    batch = jax.ShapeDtypeStruct(self.global_shape, jnp.int32, sharding=self.batch_sharding)
-    self.train_step = self.steps.train.lower(self.steps.abstract, batch, batch).compile()
+    array = jax.ShapeDtypeStruct(self.global_shape, jnp.int32, sharding=self.batch_sharding)
+    batch = dict.fromkeys(self.train_batches.keys, array)
+    self.train_step = self.steps.train.lower(self.steps.abstract, batch).compile()
     return time.perf_counter() - start
 
   def evaluate(self) -> float:
     """Mean held-out loss (nats/token) over the fixed evaluation windows."""
-    losses = [self.steps.eval(self.state.params, *batch) for batch in self.eval_set]
+    losses = [self.steps.eval(self.state.params, batch) for batch in self.eval_set]
     return float(np.mean(jax.device_get(losses)))
 
   def sample(self) -> str:
@@ -187,6 +190,11 @@ class Trainer:
 
 def _log_facts(tracker, trainer, compile_s: float) -> None:
   n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
+  ds = trainer.dataset
+  tracker.print(
+    f'data {ds.origin}: {len(ds.train):,} train / {len(ds.validation):,} validation tokens,'
+    f' {ds.tokenizer.kind} tokenizer ({ds.tokenizer.vocab_size} ids)'
+  )
   tracker.print(
     f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh '
     f'{dict(trainer.mesh.shape)}, {n_params / 1e6:.2f}M parameters, vocab '
@@ -238,7 +246,7 @@ def export(workdir, out) -> pathlib.Path:
     cfg = config_lib.from_json((workdir / CONFIG_FILE).read_text())
   except FileNotFoundError:
     raise FileNotFoundError(f'{workdir / CONFIG_FILE} not found: is {workdir} a run?') from None
-  tokenizer = data.CharTokenizer.load(workdir / data.TOKENIZER_FILE)
+  tokenizer = tokenizer_lib.load(workdir / data.TOKENIZER_FILE)
   model_cfg = _model_config(cfg, tokenizer)
   # Gathered onto one device whatever mesh trained it: the export serves inference anywhere.
   single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
@@ -300,14 +308,20 @@ def _run_steps(trainer, ckpt, tracker, start: int, stop: StopRequest) -> dict:
   On a stop request (SIGTERM, or JAX's preemption sync point on multi-host) the current step is
   saved and waited for, and the result holds `preempted_at`.
   """
+  cfg = trainer.cfg
+  with loader.Prefetch(trainer.batch, start, cfg.train.steps, cfg.data.prefetch) as batches:
+    return _step_loop(trainer, ckpt, tracker, stop, start, batches)
+
+
+def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches) -> dict:
+  """The body of `_run_steps` over prefetched (step, batch) pairs."""
   cfg, t = trainer.cfg, trainer.cfg.train
   tokens_per_step = t.batch_size * cfg.data.seq_len
   last = {}
   mark_step, mark_time = start, time.perf_counter()
   in_flight = collections.deque()
-  for step in range(start, t.steps):
-    inputs, targets = trainer.batch(step)
-    trainer.state, metrics = trainer.train_step(trainer.state, inputs, targets)
+  for step, batch in batches:
+    trainer.state, metrics = trainer.train_step(trainer.state, batch)
     in_flight.append(metrics['loss'])
     if len(in_flight) > MAX_IN_FLIGHT:
       in_flight.popleft().block_until_ready()

@@ -73,22 +73,32 @@ def make_init(model_cfg, tx, seed: int, shardings):
   return jax.jit(init, out_shardings=shardings)
 
 
+def batch_loss(model, batch, rngs=None):
+  """Mean next-token loss of `model` on a batch dict: inputs, targets (B, T) and, for packed
+  documents, segment_ids and positions."""
+  logits = model(
+    batch['inputs'],
+    segment_ids=batch.get('segment_ids'),
+    positions=batch.get('positions'),
+    rngs=rngs,
+  )
+  return cross_entropy(logits, batch['targets'])
+
+
 def make_train_step(graphdef, tx, schedule, *, accum_steps: int, dropout: bool, seed: int):
-  """train_step(state, inputs, targets) -> (state, metrics); batch arrays are (B, T)."""
+  """train_step(state, batch) -> (state, metrics); batch: a dict of (B, T) arrays."""
   base_key = jax.random.key(seed)
 
-  def loss_fn(params, inputs, targets, key):
-    model = nnx.merge(graphdef, params)
-    logits = model(inputs, rngs=nnx.Rngs(dropout=key) if dropout else None)
-    return cross_entropy(logits, targets)
+  def loss_fn(params, batch, key):
+    rngs = nnx.Rngs(dropout=key) if dropout else None
+    return batch_loss(nnx.merge(graphdef, params), batch, rngs)
 
   grad_fn = jax.value_and_grad(loss_fn)
 
-  def accumulate(params, inputs, targets, key):
+  def accumulate(params, batch, key):
     # Microbatch a takes rows a, a+A, a+2A, ... so every microbatch stays evenly spread over
     # the devices that hold the batch.
-    b, t = inputs.shape
-    split = lambda x: x.reshape(b // accum_steps, accum_steps, t).swapaxes(0, 1)
+    split = lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, -1).swapaxes(0, 1)
 
     def micro(carry, xs):
       loss, grads = grad_fn(params, *xs)
@@ -96,15 +106,15 @@ def make_train_step(graphdef, tx, schedule, *, accum_steps: int, dropout: bool, 
 
     keys = jax.random.split(key, accum_steps)
     zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-    (loss, grads), _ = jax.lax.scan(micro, zeros, (split(inputs), split(targets), keys))
+    (loss, grads), _ = jax.lax.scan(micro, zeros, (jax.tree.map(split, batch), keys))
     return jax.tree.map(lambda x: x / accum_steps, (loss, grads))
 
-  def train_step(state: TrainState, inputs, targets):
+  def train_step(state: TrainState, batch):
     key = jax.random.fold_in(base_key, state.step)  # dropout depends on (seed, step) only
     if accum_steps == 1:
-      loss, grads = grad_fn(state.params, inputs, targets, key)
+      loss, grads = grad_fn(state.params, batch, key)
     else:
-      loss, grads = accumulate(state.params, inputs, targets, key)
+      loss, grads = accumulate(state.params, batch, key)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -126,9 +136,9 @@ def make_train_step(graphdef, tx, schedule, *, accum_steps: int, dropout: bool, 
 
 
 def make_eval_step(graphdef):
-  """eval_step(params, inputs, targets) -> mean loss, no dropout."""
+  """eval_step(params, batch) -> mean loss, no dropout."""
 
-  def eval_step(params, inputs, targets):
-    return cross_entropy(nnx.merge(graphdef, params)(inputs), targets)
+  def eval_step(params, batch):
+    return batch_loss(nnx.merge(graphdef, params), batch)
 
   return eval_step
