@@ -1,8 +1,9 @@
 """GPT-2 sizes: configs/gpt2.py:124m (default), :350m, :774m, :1.5b.
 
 Vocabulary 50304 (GPT-2's 50257 padded for fast matmuls), context 1024, bf16 compute and
-nanoGPT's OpenWebText hyperparameters; `data.source` must point at a GPT-2-tokenized corpus
-once the data issue lands.
+nanoGPT's OpenWebText hyperparameters. Train on GPT-2-tokenized shards:
+  llm-jax prepare --source=tfds:openwebtext:train --tokenizer=gpt2:DIR --out=data/owt
+  llm-jax train --config configs/gpt2.py:124m --config.data.path=data/owt --workdir runs/owt
 """
 
 from llm_jax.config import ConfigError, preset

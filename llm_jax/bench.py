@@ -12,12 +12,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from llm_jax import config as config_lib
-from llm_jax import data, models, perf, sharding
-from llm_jax.train import loop, optim
+from llm_jax import perf, sharding
+from llm_jax.train import loop, optim, tasks
 
 
 def reference_params(model_cfg, key):
@@ -80,6 +79,8 @@ def reference_step(cfg, model_cfg):
 
 def _reference_mismatch(cfg, model_cfg) -> str | None:
   """Why the plain-JAX reference cannot stand in for this config, or None if it can."""
+  if cfg.model.name != 'gpt' or cfg.data.segment_ids:
+    return 'the reference is a GPT language model without segment ids'
   if model_cfg.position != 'learned' or not model_cfg.bias or model_cfg.dropout:
     return 'the reference is GPT-2 style only: learned positions, biases, no dropout'
   if cfg.train.grad_accum_steps != 1:
@@ -89,10 +90,11 @@ def _reference_mismatch(cfg, model_cfg) -> str | None:
   return None
 
 
-def _vocab_size(cfg) -> int:
-  if cfg.model.vocab_size:
-    return cfg.model.vocab_size
-  return data.load_tokenizer(cfg.data).vocab_size  # what `train` would use
+def _task(cfg) -> tasks.Task:
+  """The objective, model and data that `train` would use: pretraining only."""
+  if tasks.task_name(cfg) == 'classify':
+    raise config_lib.ConfigError('bench times pretraining steps (lm, mlm), not train.task=classify')
+  return tasks.make(cfg, None)
 
 
 def _peak_memory_bytes() -> int | None:
@@ -144,19 +146,20 @@ def _median_times(timers: dict, *, steps: int, warmup: int) -> dict:
 def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None) -> dict:
   """Benchmark `cfg`'s train step; `reference` defaults to on for CPU when the model matches."""
   config_lib.validate(cfg, jax.device_count(), jax.default_backend())
-  model_cfg = models.model_config(cfg.model, _vocab_size(cfg))
+  task = _task(cfg)
+  model_cfg = task.model_cfg
   mismatch = _reference_mismatch(cfg, model_cfg)
   if reference is None:
     reference = jax.default_backend() == 'cpu' and mismatch is None
   if reference and mismatch:
     raise config_lib.ConfigError(f'--reference: {mismatch}')
   mesh = sharding.make_mesh(cfg.mesh)
-  built = loop.build_steps(cfg, model_cfg, mesh)
+  built = loop.build_steps(cfg, model_cfg, mesh, task.loss, task.evaluate)
   state, train_step = built.init(), built.train
   b, t = cfg.train.batch_size, cfg.data.seq_len
-  tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, (b, t + 1), dtype=np.int32)
-  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
-  batch = {'inputs': put(tokens[:, :-1]), 'targets': put(tokens[:, 1:])}
+  # One batch, read before timing and reused: the data path is not what is measured.
+  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh, cfg.mesh.rules, a.ndim))
+  batch = {k: put(v) for k, v in task.train_batches(0, slice(None)).items()}
 
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()

@@ -81,12 +81,24 @@ class Checkpointer:
       partial_restore=True,
     )
     try:
-      return self._manager.restore(step, args=ocp.args.Composite(state=restore)).state['params']
+      params = self._manager.restore(step, args=ocp.args.Composite(state=restore)).state['params']
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(
         f'parameters in {self.directory / str(step)} do not fit this model:'
         f' {str(e).splitlines()[0]}'
       ) from None
+    # A partial restore leaves what the checkpoint lacks as the abstract target.
+    missing = [
+      jax.tree_util.keystr(path)
+      for path, leaf in jax.tree.leaves_with_path(params)
+      if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    if missing:
+      raise CheckpointError(
+        f'parameters in {self.directory / str(step)} do not fit this model: it has no'
+        f' {missing[0]}' + (f' (and {len(missing) - 1} more)' if len(missing) > 1 else '')
+      )
+    return params
 
   def save_params(self, step: int, params) -> None:
     """A params-only checkpoint at `step` (for inference and `ckpt.init_from`), waited for."""

@@ -1,8 +1,8 @@
 """`llm-jax COMMAND --config FILE[:ARG] [--config.key=value ...] [flags]`.
 
-Commands: prepare, train, bench, export. Bad input (unknown config key, invalid value, missing
-file) ends with one line on stderr naming the field or file and exit status 2, before anything is
-compiled.
+Commands: prepare, train, finetune, bench, export. Bad input (unknown config key, invalid value,
+missing file) ends with one line on stderr naming the field or file and exit status 2, before
+anything is compiled.
 """
 
 import json
@@ -21,6 +21,8 @@ commands:
                               --vocab_size=N --val_fraction=F --workers=N]
   train   train a model:     llm-jax train --config configs/gpt_tiny.py --workdir runs/tiny
                              [--config.data.path=data/corpus]
+  finetune train a classifier: llm-jax finetune --config configs/bert_cls.py --workdir runs/cls
+                             --config.init_from=runs/bert
   bench   time a train step: llm-jax bench --config configs/gpt_tiny.py [--steps 20]
   export  params only:       llm-jax export --workdir runs/tiny --out exports/tiny
 """
@@ -151,10 +153,16 @@ def _train(fv) -> int:
   if 'preempted_at' in summary:
     print(f'preempted: saved step {int(summary["preempted_at"])}; rerun the same command to resume')
     return 0
-  final = ', '.join(f'{k} {summary[k]:.4f}' for k in ('eval_loss', 'loss') if k in summary)
+  keys = ('eval_loss', 'eval_accuracy', 'eval_macro_f1', 'eval_mlm_accuracy', 'loss')
+  final = ', '.join(f'{k} {summary[k]:.4f}' for k in keys if k in summary)
   if final:
     print(f'final {final}')
   return 0
+
+
+def _finetune(fv) -> int:
+  fv.config.train.task = 'classify'
+  return _train(fv)
 
 
 def _bench(fv) -> int:
@@ -198,7 +206,13 @@ def _export(fv) -> int:
   return 0
 
 
-COMMANDS = {'prepare': _prepare, 'train': _train, 'bench': _bench, 'export': _export}
+COMMANDS = {
+  'prepare': _prepare,
+  'train': _train,
+  'finetune': _finetune,
+  'bench': _bench,
+  'export': _export,
+}
 
 
 def main(argv=None) -> int:

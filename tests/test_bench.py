@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm_jax import bench, models, perf
+from llm_jax import bench, config, models, perf
 from llm_jax.models.gpt import GPTConfig
-from llm_jax.train import step as step_lib
+from llm_jax.train import tasks
 from tests.conftest import REPO, tiny_config
 
 
@@ -42,7 +42,7 @@ def test_reference_computes_the_same_function_as_the_model(dtype):
   cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dtype=dtype)
   graphdef, params = nnx.split(models.build(cfg, seed=0), nnx.Param)
   x = jax.random.randint(jax.random.key(0), (2, 17), 0, 50)
-  loss = lambda p: step_lib.cross_entropy(nnx.merge(graphdef, p)(x[:, :-1]), x[:, 1:])
+  loss = lambda p: tasks.cross_entropy(nnx.merge(graphdef, p)(x[:, :-1]), x[:, 1:])
   ref_loss = lambda p: bench.reference_loss(p, x[:, :-1], x[:, 1:], jnp.dtype(dtype))
   ours, grads = jax.value_and_grad(loss)(params)
   ref, ref_grads = jax.value_and_grad(ref_loss)(as_reference(params))
@@ -61,6 +61,14 @@ def test_bench_reports_throughput_and_skips_reference_on_many_devices():
   assert result['mfu'] is None  # CPU has no peak in the table: unknown, not guessed
   assert result['reference_skipped'] == 'the reference runs on one device'
   assert 'tokens/s' in bench.format_table(result)
+
+
+def test_bench_times_the_mlm_step_of_a_bert(tmp_path):
+  cfg = config.preset('bert_tiny')
+  cfg.train.batch_size = 16
+  result = bench.run(cfg, steps=2, warmup=1)
+  assert result['tokens_per_sec'] == pytest.approx(16 * 128 / result['step_s'])
+  assert result['reference_skipped'].startswith('the reference is a GPT language model')
 
 
 @pytest.mark.slow

@@ -101,7 +101,7 @@ def test_prepare_then_train_on_the_shards(tmp_path, capsys):
   ]
   assert in_repo(train + ['--config.sample.max_new_tokens=20']) == 0
   captured = capsys.readouterr().out
-  assert f'data {out}' in captured and 'bpe tokenizer (300 ids)' in captured
+  assert f'lm on {out}: ' in captured and 'bpe tokenizer (300 ids)' in captured
   assert 'final eval_loss' in captured
   assert (tmp_path / 'run' / 'tokenizer.json').read_text() == (out / 'tokenizer.json').read_text()
 

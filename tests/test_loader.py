@@ -34,8 +34,8 @@ def test_an_epoch_reads_every_token_once_and_the_next_reshuffles():
   assert b.num_windows == 100
   epoch = np.concatenate([b(s).inputs.ravel() for s in range(20)])
   np.testing.assert_array_equal(np.sort(epoch), np.arange(1000))  # none lost, none twice
-  first = [w for s in range(20) for w in b.window_indices(s)]
-  second = [w for s in range(20, 40) for w in b.window_indices(s)]
+  first = [w for s in range(20) for w in b.order.indices(s)]
+  second = [w for s in range(20, 40) for w in b.order.indices(s)]
   assert sorted(second) == list(range(100)) and second != first
 
 
@@ -54,8 +54,8 @@ def test_processes_read_disjoint_slices_that_make_the_global_batch():
   whole = batches(batch_size=8)(3)
   p0, p1 = batches(batch_size=8)(3, slice(0, 4)), batches(batch_size=8)(3, slice(4, 8))
   np.testing.assert_array_equal(np.concatenate([p0.inputs, p1.inputs]), whole.inputs)
-  w0 = set(batches(batch_size=8).window_indices(3, slice(0, 4)))
-  w1 = set(batches(batch_size=8).window_indices(3, slice(4, 8)))
+  w0 = set(batches(batch_size=8).order.indices(3, slice(0, 4)))
+  w1 = set(batches(batch_size=8).order.indices(3, slice(4, 8)))
   assert not w0 & w1 and len(w0 | w1) == 8
 
 

@@ -13,15 +13,19 @@ def data_cfg(source, **kw) -> ml_collections.ConfigDict:
   return d
 
 
+def texts(src) -> list[str]:
+  return [record[src.text_field] for _, record in src.all_records()]
+
+
 def test_text_documents_split_at_blank_lines_or_by_file(tmp_path):
   (tmp_path / 'a.txt').write_text('one\nstill one\n\n\ntwo\n  \nthree\n')
   (tmp_path / 'b.txt').write_text('four\n')
   src = sources.open_source(data_cfg(f'text:{tmp_path}/*.txt', val_fraction=0.5))
-  assert list(src.all_documents()) == ['one\nstill one', 'two', 'three', 'four']
+  assert texts(src) == ['one\nstill one', 'two', 'three', 'four']
   assert list(src.documents('train')) == ['one\nstill one', 'three']
   assert list(src.documents('validation')) == ['two', 'four']
   by_file = sources.open_source(data_cfg(f'text:{tmp_path}/*.txt', text_documents='file'))
-  assert list(by_file.all_documents()) == ['one\nstill one\n\n\ntwo\n  \nthree\n', 'four\n']
+  assert texts(by_file) == ['one\nstill one\n\n\ntwo\n  \nthree\n', 'four\n']
 
 
 def test_every_kth_document_is_held_out():
@@ -34,13 +38,13 @@ def test_jsonl_reads_the_configured_field_and_names_bad_lines(tmp_path):
   path = tmp_path / 'data.jsonl'
   path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n\n')
   src = sources.open_source(data_cfg(f'jsonl:{path}', text_field='body'))
-  assert list(src.all_documents()) == [f'doc {i}' for i in range(4)]
+  assert texts(src) == [f'doc {i}' for i in range(4)]
   path.write_text('{"text": "fine"}\n{"text": 3}\n')
-  with pytest.raises(DataError, match=r"data.jsonl:2: no string field 'text'"):
-    list(sources.open_source(data_cfg(f'jsonl:{path}')).all_documents())
+  with pytest.raises(DataError, match=r"data.jsonl:2: no str field 'text' \(data.text_field\)"):
+    list(sources.open_source(data_cfg(f'jsonl:{path}')).documents('train'))
   path.write_text('{oops\n')
   with pytest.raises(DataError, match=r'data.jsonl:1: not JSON'):
-    list(sources.open_source(data_cfg(f'jsonl:{path}')).all_documents())
+    list(sources.open_source(data_cfg(f'jsonl:{path}')).documents('train'))
 
 
 def test_missing_files_and_bad_encodings_name_the_file(tmp_path):
@@ -48,7 +52,7 @@ def test_missing_files_and_bad_encodings_name_the_file(tmp_path):
     sources.open_source(data_cfg(f'text:{tmp_path}/nope.txt'))
   (tmp_path / 'latin1.txt').write_bytes('café'.encode('latin-1'))
   with pytest.raises(DataError, match='latin1.txt is not UTF-8 text'):
-    list(sources.open_source(data_cfg(f'text:{tmp_path}/latin1.txt')).all_documents())
+    list(sources.open_source(data_cfg(f'text:{tmp_path}/latin1.txt')).documents('train'))
 
 
 def test_tfds_source_reads_a_mocked_dataset():
@@ -67,3 +71,15 @@ def test_tfds_source_reads_a_mocked_dataset():
 def test_an_unbuilt_tfds_dataset_says_how_to_build_it(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'imdb_reviews is not built in .*tfds build'):
     sources.open_source(data_cfg('tfds:imdb_reviews:train', tfds_data_dir=str(tmp_path)))
+
+
+def test_genre_passages_are_labelled_and_held_out_by_play():
+  from llm_jax.data import corpus
+
+  src = sources.open_source(data_cfg('genre', passage_chars=200))
+  train = list(src.examples('train'))
+  val = list(src.examples('validation'))
+  assert {label for _, label, _ in train} == set(corpus.GENRES) == {label for _, label, _ in val}
+  assert all(len(text) <= 200 for text, _, _ in train[:500])
+  held_out = {where.split(' passage')[0] for _, _, where in val}
+  assert held_out == set(corpus.VALIDATION_PLAYS)

@@ -21,6 +21,18 @@ VALIDATION_PLAYS = (
   'macbeth',
 )
 
+# The genre label of each folder for the classification task: problem plays and romances were
+# printed among the comedies in the First Folio, the Roman plays among the tragedies.
+GENRE_CLASS = {
+  'comedies': 'comedy',
+  'problems': 'comedy',
+  'romances': 'comedy',
+  'histories': 'history',
+  'tragedies': 'tragedy',
+  'roman': 'tragedy',
+}
+GENRES = ('comedy', 'history', 'tragedy')
+
 _SPEAKER = re.compile(r'^\*\*(?P<name>[^*]+)\*\*\s*$')
 _INLINE_DIRECTION = re.compile(r'_\\?\[[^\]]*\]_')
 _ESCAPE = re.compile(r'\\(.)')
@@ -93,3 +105,20 @@ def split_plays(plays: list[Play]) -> tuple[list[Play], list[Play]]:
 def join(plays: list[Play]) -> str:
   """Plays concatenated into one training text, a blank line between them."""
   return '\n'.join(p.text for p in plays)
+
+
+def passages(text: str, chars: int) -> list[str]:
+  """Consecutive whole lines of `text` grouped into passages of about `chars` characters (at
+  least half that; a shorter tail is dropped)."""
+  out, lines, size = [], [], 0
+  for line in text.splitlines():
+    if not line.strip():
+      continue
+    lines.append(line)
+    size += len(line) + 1
+    if size >= chars:
+      out.append('\n'.join(lines)[:chars])
+      lines, size = [], 0
+  if size >= chars // 2:
+    out.append('\n'.join(lines))
+  return out

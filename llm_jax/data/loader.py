@@ -60,6 +60,19 @@ def _check_length(stream: TokenStream, seq_len: int, split: str) -> None:
     )
 
 
+class Order:
+  """Which items make up each global batch: entries s·B ... s·B + B - 1 of an endless sequence
+  of epochs, each a fresh Grain index shuffle of the `num_items` items."""
+
+  def __init__(self, num_items: int, batch_size: int, seed: int):
+    self.num_items, self.batch_size = num_items, batch_size
+    self._order = grain.MapDataset.range(num_items).shuffle(seed=seed).repeat()
+
+  def indices(self, step: int, rows: slice = slice(None)) -> list[int]:
+    first = step * self.batch_size
+    return [self._order[first + r] for r in range(self.batch_size)[rows]]
+
+
 class TrainBatches:
   """`batches(step, rows)`: rows `rows` of the global training batch for `step`.
 
@@ -76,23 +89,48 @@ class TrainBatches:
     eos_id: int | None = None,
   ):
     _check_length(stream, seq_len, 'train')
-    self.stream, self.batch_size, self.seq_len, self.eos_id = stream, batch_size, seq_len, eos_id
+    self.stream, self.seq_len, self.eos_id = stream, seq_len, eos_id
     self.num_windows = (len(stream) - 1) // seq_len
-    self._order = grain.MapDataset.range(self.num_windows).shuffle(seed=seed).repeat()
+    self.order = Order(self.num_windows, batch_size, seed)
 
   @property
   def keys(self) -> tuple[str, ...]:
     """The names of the arrays in every batch."""
     return ('inputs', 'targets') + (('segment_ids', 'positions') if self.eos_id is not None else ())
 
-  def window_indices(self, step: int, rows: slice = slice(None)) -> list[int]:
-    first = step * self.batch_size
-    return [self._order[first + r] for r in range(self.batch_size)[rows]]
-
   def __call__(self, step: int, rows: slice = slice(None)) -> Batch:
     t = self.seq_len
-    chunk = np.stack([self.stream.read(w * t, t + 1) for w in self.window_indices(step, rows)])
+    chunk = np.stack([self.stream.read(w * t, t + 1) for w in self.order.indices(step, rows)])
     return _batch(chunk, self.eos_id)
+
+
+class ExampleBatches:
+  """`batches(step, rows)`: rows of the global batch of whole examples (arrays of equal length
+  N, indexed on their first axis) for `step`."""
+
+  def __init__(self, arrays: dict[str, np.ndarray], *, batch_size: int, seed: int):
+    self.arrays = arrays
+    self.order = Order(len(next(iter(arrays.values()))), batch_size, seed)
+
+  def __call__(self, step: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    index = np.asarray(self.order.indices(step, rows))
+    return {k: v[index] for k, v in self.arrays.items()}
+
+
+def fixed_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+  """All N examples in order, in batches of `batch_size`; the last is filled up with copies of
+  the first example, and `weights` (1 for real rows, 0 for filler) tells them apart."""
+  n = len(next(iter(arrays.values())))
+  padded = -(-n // batch_size) * batch_size
+  index = np.concatenate([np.arange(n), np.zeros(padded - n, np.int64)])
+  weights = (np.arange(padded) < n).astype(np.float32)
+  return [
+    {
+      **{k: v[index[i : i + batch_size]] for k, v in arrays.items()},
+      'weights': weights[i : i + batch_size],
+    }
+    for i in range(0, padded, batch_size)
+  ]
 
 
 def eval_batches(

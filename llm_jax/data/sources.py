@@ -2,9 +2,11 @@
 
 `data.source` is one of
   shakespeare               the embedded corpus (no files, no network)
+  genre                     passages of the embedded plays labelled comedy/history/tragedy
   text:GLOB                 plain text; documents split at blank lines, or one per file
                             (data.text_documents = 'blank_line' | 'file')
   jsonl:GLOB                one JSON object per line, its `data.text_field` the document
+                            (and `data.label_field` its label, for classification)
   tfds:NAME[/CONFIG]:SPLIT  a TFDS dataset already in `data.tfds_data_dir`
 Each source yields the documents of a 'train' and a 'validation' split. The embedded corpus holds
 out whole plays; the others hold out every k-th document (k = 1 / data.val_fraction), so no
@@ -12,6 +14,7 @@ validation document is ever trained on and the split needs no second pass over t
 """
 
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -22,9 +25,10 @@ from collections.abc import Iterator
 from llm_jax.data import corpus
 from llm_jax.data.errors import DataError
 
-SCHEMES = ('shakespeare', 'text', 'jsonl', 'tfds')
+SCHEMES = ('shakespeare', 'genre', 'text', 'jsonl', 'tfds')
 SPLITS = ('train', 'validation')
 TEXT_DOCUMENTS = ('blank_line', 'file')
+EMBEDDED = ('shakespeare', 'genre')  # sources that take no argument
 _blank_line = re.compile(r'\n[ \t]*\n')
 
 
@@ -33,10 +37,10 @@ def check_spec(spec: str) -> None:
   scheme, _, arg = spec.partition(':')
   if scheme not in SCHEMES:
     raise DataError(
-      f'data.source={spec!r}: unknown source; use shakespeare, text:GLOB, jsonl:GLOB or'
+      f'data.source={spec!r}: unknown source; use shakespeare, genre, text:GLOB, jsonl:GLOB or'
       ' tfds:NAME[/CONFIG]:SPLIT'
     )
-  if (scheme == 'shakespeare') == bool(arg):
+  if (scheme in EMBEDDED) == bool(arg):
     raise DataError(
       f'data.source={spec!r}: ' + ('takes no argument' if arg else 'needs an argument')
     )
@@ -48,20 +52,50 @@ def is_validation(index: int, val_fraction: float) -> bool:
 
 
 class Source:
-  """Documents of a named source, split into train and validation."""
+  """Records of a named source, split into train and validation.
 
-  def __init__(self, spec: str, val_fraction: float):
+  A record is a dict holding the text under `text_field` (and, for labelled data, a label under
+  `label_field`), paired with where it came from, for error messages.
+  """
+
+  def __init__(self, spec: str, val_fraction: float, text_field='text', label_field='label'):
     self.spec = spec
     self.val_fraction = val_fraction
+    self.text_field, self.label_field = text_field, label_field
 
-  def all_documents(self) -> Iterator[str]:
+  def all_records(self) -> Iterator[tuple[str, dict]]:
     raise NotImplementedError
 
-  def documents(self, split: str) -> Iterator[str]:
+  def _split(self, split: str) -> Iterator[tuple[str, dict]]:
     held_out = split == 'validation'
-    for i, doc in enumerate(self.all_documents()):
+    for i, item in enumerate(self.all_records()):
       if is_validation(i, self.val_fraction) == held_out:
-        yield doc
+        yield item
+
+  def _field(self, where: str, record: dict, field: str, setting: str, kind):
+    value = record.get(field) if isinstance(record, dict) else None
+    if isinstance(value, bytes):
+      value = value.decode('utf-8')
+    if not isinstance(value, kind):
+      raise DataError(f'{where}: no {kind.__name__} field {field!r} ({setting})')
+    return value
+
+  def documents(self, split: str) -> Iterator[str]:
+    for where, record in self._split(split):
+      yield self._field(where, record, self.text_field, 'data.text_field', str)
+
+  def examples(self, split: str) -> Iterator[tuple[str, object, str]]:
+    """(text, label, where) of each labelled record; labels are names or integer indices."""
+    for where, record in self._split(split):
+      text = self._field(where, record, self.text_field, 'data.text_field', str)
+      label = record.get(self.label_field) if isinstance(record, dict) else None
+      if hasattr(label, 'item'):  # numpy scalars from TFDS
+        label = label.item()
+      if isinstance(label, bytes):
+        label = label.decode('utf-8')
+      if not isinstance(label, (str, int)):
+        raise DataError(f'{where}: no label field {self.label_field!r} (data.label_field)')
+      yield text, label, where
 
 
 class Shakespeare(Source):
@@ -71,21 +105,34 @@ class Shakespeare(Source):
     super().__init__('shakespeare', 0.0)
     self._splits = dict(zip(SPLITS, corpus.split_plays(corpus.load_plays()), strict=True))
 
-  def documents(self, split: str) -> Iterator[str]:
-    return (play.text for play in self._splits[split])
+  def _split(self, split: str) -> Iterator[tuple[str, dict]]:
+    return ((play.name, {'text': play.text}) for play in self._splits[split])
+
+
+class Genre(Shakespeare):
+  """Passages of the embedded plays labelled with their play's genre; validation passages come
+  from the six held-out plays, so a classifier is scored on plays it never saw."""
+
+  def __init__(self, passage_chars: int):
+    super().__init__()
+    self.spec, self.label_field, self.passage_chars = 'genre', 'label', passage_chars
+
+  def _split(self, split: str) -> Iterator[tuple[str, dict]]:
+    for play in self._splits[split]:
+      for i, text in enumerate(corpus.passages(play.text, self.passage_chars)):
+        yield f'{play.name} passage {i}', {'text': text, 'label': corpus.GENRE_CLASS[play.genre]}
 
 
 class Files(Source):
   """`text:GLOB` or `jsonl:GLOB`: the files the glob matches, in sorted order."""
 
-  def __init__(self, spec: str, val_fraction: float, *, text_field: str, text_documents: str):
-    super().__init__(spec, val_fraction)
+  def __init__(self, spec: str, val_fraction: float, *, text_documents: str, **fields):
+    super().__init__(spec, val_fraction, **fields)
     self.scheme, _, pattern = spec.partition(':')
     self.files = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
     self.files = [f for f in self.files if os.path.isfile(f)]
     if not self.files:
       raise FileNotFoundError(f'data.source={spec}: no file matches {pattern}')
-    self.text_field = text_field
     self.text_documents = text_documents
 
   def _read(self, path: str) -> str:
@@ -94,7 +141,7 @@ class Files(Source):
     except UnicodeDecodeError as e:
       raise DataError(f'{path} is not UTF-8 text ({e.reason} at byte {e.start})') from None
 
-  def _jsonl(self, path: str) -> Iterator[str]:
+  def _jsonl(self, path: str) -> Iterator[tuple[str, dict]]:
     for n, line in enumerate(self._read(path).splitlines(), 1):
       if not line.strip():
         continue
@@ -102,22 +149,23 @@ class Files(Source):
         record = json.loads(line)
       except json.JSONDecodeError as e:
         raise DataError(f'{path}:{n}: not JSON ({e.msg})') from None
-      text = record.get(self.text_field) if isinstance(record, dict) else None
-      if not isinstance(text, str):
-        raise DataError(f'{path}:{n}: no string field {self.text_field!r} (data.text_field)')
-      yield text
+      yield f'{path}:{n}', record
 
-  def _text(self, path: str) -> Iterator[str]:
+  def _text(self, path: str) -> Iterator[tuple[str, dict]]:
     text = self._read(path)
-    if self.text_documents == 'file':
-      yield text
-    else:
-      yield from (doc.strip('\n') for doc in _blank_line.split(text) if doc.strip())
+    docs = [text] if self.text_documents == 'file' else _blank_line.split(text)
+    for doc in docs:
+      if doc.strip():
+        yield path, {self.text_field: doc if self.text_documents == 'file' else doc.strip('\n')}
 
-  def all_documents(self) -> Iterator[str]:
+  def all_records(self) -> Iterator[tuple[str, dict]]:
     read = self._jsonl if self.scheme == 'jsonl' else self._text
     for path in self.files:
       yield from read(path)
+
+
+def _has_tensorflow() -> bool:
+  return importlib.util.find_spec('tensorflow') is not None
 
 
 class TFDS(Source):
@@ -128,20 +176,25 @@ class TFDS(Source):
   network access.
   """
 
-  def __init__(self, spec: str, val_fraction: float, *, text_field: str, data_dir: str):
-    super().__init__(spec, val_fraction)
+  def __init__(self, spec: str, val_fraction: float, *, data_dir: str, **fields):
+    super().__init__(spec, val_fraction, **fields)
     import tensorflow_datasets as tfds
 
     self._tfds = tfds
     name, _, split = spec.removeprefix('tfds:').partition(':')
-    self.name, self.split, self.text_field = name, split or 'train', text_field
+    self.name, self.split = name, split or 'train'
     self.data_dir = data_dir or None
     try:
       self._source = tfds.data_source(
         name, split=self.split, data_dir=self.data_dir, download=False
       )
     except tfds.core.registered.DatasetNotFoundError:
-      raise DataError(f'data.source={spec}: TFDS has no dataset {name!r}') from None
+      hint = (
+        ''
+        if _has_tensorflow()
+        else " (some builders, e.g. glue, need: pip install 'llm_jax[tfds]')"
+      )
+      raise DataError(f'data.source={spec}: TFDS has no dataset {name!r}{hint}') from None
     except NotImplementedError:  # built as tfrecord, or not built at all
       self._source = None
       self._check_built()
@@ -164,23 +217,25 @@ class TFDS(Source):
         f' fields: {", ".join(record)}'
       )
 
+  def label_names(self) -> tuple[str, ...] | None:
+    """The dataset's class names, when its label is a ClassLabel feature."""
+    feature = self._source.dataset_info.features[self.label_field] if self._source else None
+    return tuple(feature.names) if hasattr(feature, 'names') else None
+
   def _records(self) -> Iterator[dict]:
     if self._source is not None:
       yield from (self._source[i] for i in range(len(self._source)))
       return
-    try:
-      import tensorflow  # noqa: F401 -- tfds.load needs it
-    except ImportError:
+    if not _has_tensorflow():
       raise DataError(
         f"data.source={self.spec}: a tfrecord dataset needs TensorFlow: pip install 'llm_jax[tfds]'"
-      ) from None
+      )
     ds = self._tfds.load(self.name, split=self.split, data_dir=self.data_dir, download=False)
     yield from self._tfds.as_numpy(ds)
 
-  def all_documents(self) -> Iterator[str]:
-    for record in self._records():
-      text = record[self.text_field]
-      yield text.decode('utf-8') if isinstance(text, bytes) else str(text)
+  def all_records(self) -> Iterator[tuple[str, dict]]:
+    for i, record in enumerate(self._records()):
+      yield f'{self.spec} example {i}', record
 
 
 def open_source(data_cfg) -> Source:
@@ -190,13 +245,9 @@ def open_source(data_cfg) -> Source:
   scheme = spec.partition(':')[0]
   if scheme == 'shakespeare':
     return Shakespeare()
+  if scheme == 'genre':
+    return Genre(data_cfg.passage_chars)
+  fields = dict(text_field=data_cfg.text_field, label_field=data_cfg.label_field)
   if scheme == 'tfds':
-    return TFDS(
-      spec, data_cfg.val_fraction, text_field=data_cfg.text_field, data_dir=data_cfg.tfds_data_dir
-    )
-  return Files(
-    spec,
-    data_cfg.val_fraction,
-    text_field=data_cfg.text_field,
-    text_documents=data_cfg.text_documents,
-  )
+    return TFDS(spec, data_cfg.val_fraction, data_dir=data_cfg.tfds_data_dir, **fields)
+  return Files(spec, data_cfg.val_fraction, text_documents=data_cfg.text_documents, **fields)

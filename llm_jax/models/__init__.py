@@ -4,9 +4,13 @@ import dataclasses
 
 from flax import nnx
 
+from llm_jax.models.bert import BERT, BERTConfig
+from llm_jax.models.classifier import Classifier, ClassifierConfig
 from llm_jax.models.gpt import GPT, GPTConfig
 
-MODELS = {'gpt': (GPT, GPTConfig)}
+# Pretraining models by `model.name`; a classifier wraps one of them for fine-tuning.
+MODELS = {'gpt': (GPT, GPTConfig), 'bert': (BERT, BERTConfig)}
+_MODULES = {GPTConfig: GPT, BERTConfig: BERT, ClassifierConfig: Classifier}
 # A vocabulary taken from the tokenizer is padded to this multiple: fast matmuls, and a vocab axis
 # that divides over tensor-parallel meshes. Padded ids never occur in data or samples.
 VOCAB_MULTIPLE = 128
@@ -27,6 +31,5 @@ def build(cfg, seed: int) -> nnx.Module:
   Eager sharding stays off: parameters carry logical names only, which `llm_jax.sharding`
   resolves to mesh axes when the training state is placed.
   """
-  model_cls = next(m for m, c in MODELS.values() if isinstance(cfg, c))
   with nnx.use_eager_sharding(False):
-    return model_cls(cfg, rngs=nnx.Rngs(params=seed))
+    return _MODULES[type(cfg)](cfg, rngs=nnx.Rngs(params=seed))

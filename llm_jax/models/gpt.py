@@ -49,11 +49,11 @@ def attention_implementation(requested: str, dtype: str, backend: str) -> str | 
   return requested
 
 
-def _normal(std: float):
+def normal(std: float):
   return nnx.initializers.normal(std)
 
 
-def _axes(*names):
+def axes(*names):
   return {'sharding_names': names}
 
 
@@ -68,7 +68,9 @@ def rope(x, theta: float, positions):
 
 
 class Attention(nnx.Module):
-  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+  """Multi-head self-attention; causal for GPT, bidirectional for encoders."""
+
+  def __init__(self, cfg: GPTConfig, *, causal: bool = True, rngs: nnx.Rngs):
     d, n, h = cfg.n_embd, cfg.n_head, cfg.head_dim
     dtype = DTYPES[cfg.dtype]
     self.qkv = nnx.Einsum(
@@ -76,9 +78,9 @@ class Attention(nnx.Module):
       (d, 3, n, h),
       (3, n, h) if cfg.bias else None,
       dtype=dtype,
-      kernel_init=_normal(0.02),
-      kernel_metadata=_axes('embed', None, 'heads', 'kv'),
-      bias_metadata=_axes(None, 'heads', 'kv'),
+      kernel_init=normal(0.02),
+      kernel_metadata=axes('embed', None, 'heads', 'kv'),
+      bias_metadata=axes(None, 'heads', 'kv'),
       rngs=rngs,
     )
     # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream's
@@ -88,22 +90,30 @@ class Attention(nnx.Module):
       (n, h, d),
       (d,) if cfg.bias else None,
       dtype=dtype,
-      kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)),
-      kernel_metadata=_axes('heads', 'kv', 'embed'),
-      bias_metadata=_axes('embed'),
+      kernel_init=normal(0.02 / math.sqrt(2 * cfg.n_layer)),
+      kernel_metadata=axes('heads', 'kv', 'embed'),
+      bias_metadata=axes('embed'),
       rngs=rngs,
     )
+    self.causal = causal
     self.rope_theta = cfg.rope_theta if cfg.position == 'rope' else None
     self.implementation = attention_implementation(cfg.attention, cfg.dtype, jax.default_backend())
 
-  def __call__(self, x, positions, mask):
-    """x (B, T, C); positions (B or 1, T); mask (B, 1, T, T) or None: keys each query sees."""
+  def __call__(self, x, positions, mask=None, kv_lengths=None):
+    """x (B, T, C); positions (B or 1, T); mask (B, 1, T, T) or None: keys each query sees;
+    kv_lengths (B,) or None: keys past a row's length are padding."""
     qkv = self.qkv(x)  # (B, T, 3, N, H)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.rope_theta is not None:
       q, k = rope(q, self.rope_theta, positions), rope(k, self.rope_theta, positions)
     y = jax.nn.dot_product_attention(
-      q, k, v, mask=mask, is_causal=True, implementation=self.implementation
+      q,
+      k,
+      v,
+      mask=mask,
+      is_causal=self.causal,
+      key_value_seq_lengths=kv_lengths,
+      implementation=self.implementation,
     )
     return self.proj(y)
 
@@ -117,9 +127,9 @@ class MLP(nnx.Module):
       m,
       use_bias=cfg.bias,
       dtype=dtype,
-      kernel_init=_normal(0.02),
-      kernel_metadata=_axes('embed', 'mlp'),
-      bias_metadata=_axes('mlp'),
+      kernel_init=normal(0.02),
+      kernel_metadata=axes('embed', 'mlp'),
+      bias_metadata=axes('mlp'),
       rngs=rngs,
     )
     self.proj = nnx.Linear(
@@ -127,9 +137,9 @@ class MLP(nnx.Module):
       d,
       use_bias=cfg.bias,
       dtype=dtype,
-      kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)),
-      kernel_metadata=_axes('mlp', 'embed'),
-      bias_metadata=_axes('embed'),
+      kernel_init=normal(0.02 / math.sqrt(2 * cfg.n_layer)),
+      kernel_metadata=axes('mlp', 'embed'),
+      bias_metadata=axes('embed'),
       rngs=rngs,
     )
 
@@ -137,23 +147,23 @@ class MLP(nnx.Module):
     return self.proj(jax.nn.gelu(self.fc(x), approximate=True))
 
 
-def _layer_norm(cfg: GPTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(cfg, rngs: nnx.Rngs, epsilon: float = 1e-5) -> nnx.LayerNorm:
   return nnx.LayerNorm(
     cfg.n_embd,
-    epsilon=1e-5,
+    epsilon=epsilon,
     use_bias=cfg.bias,
     dtype=DTYPES[cfg.dtype],
-    scale_metadata=_axes('embed'),
-    bias_metadata=_axes('embed'),
+    scale_metadata=axes('embed'),
+    bias_metadata=axes('embed'),
     rngs=rngs,
   )
 
 
 class Block(nnx.Module):
   def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
-    self.ln_1 = _layer_norm(cfg, rngs)
+    self.ln_1 = layer_norm(cfg, rngs)
     self.attn = Attention(cfg, rngs=rngs)
-    self.ln_2 = _layer_norm(cfg, rngs)
+    self.ln_2 = layer_norm(cfg, rngs)
     self.mlp = MLP(cfg, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
@@ -171,8 +181,8 @@ class GPT(nnx.Module):
       cfg.vocab_size,
       cfg.n_embd,
       dtype=dtype,
-      embedding_init=_normal(0.02),
-      embedding_metadata=_axes('vocab', 'embed'),
+      embedding_init=normal(0.02),
+      embedding_metadata=axes('vocab', 'embed'),
       rngs=rngs,
     )
     if cfg.position == 'learned':
@@ -180,13 +190,13 @@ class GPT(nnx.Module):
         cfg.block_size,
         cfg.n_embd,
         dtype=dtype,
-        embedding_init=_normal(0.02),
-        embedding_metadata=_axes(None, 'embed'),
+        embedding_init=normal(0.02),
+        embedding_metadata=axes(None, 'embed'),
         rngs=rngs,
       )
     self.dropout = nnx.Dropout(cfg.dropout)
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
-    self.ln_f = _layer_norm(cfg, rngs)
+    self.ln_f = layer_norm(cfg, rngs)
 
   def __call__(self, tokens, *, segment_ids=None, positions=None, rngs: nnx.Rngs | None = None):
     """Next-token logits (B, T, V) in fp32 for tokens (B, T); dropout only when `rngs` is given.
@@ -194,6 +204,11 @@ class GPT(nnx.Module):
     Packed documents: `segment_ids` (B, T) keep attention within each document, `positions`
     (B, T) count from each document's start (default 0..T-1).
     """
+    x = self.hidden(tokens, segment_ids=segment_ids, positions=positions, rngs=rngs)
+    return self.wte.attend(x).astype(jnp.float32)  # tied output projection
+
+  def hidden(self, tokens, *, segment_ids=None, positions=None, rngs: nnx.Rngs | None = None):
+    """The final hidden states (B, T, C), after the last LayerNorm."""
     if positions is None:
       positions = jnp.arange(tokens.shape[1])[None]  # (1, T): broadcast, not gathered per row
     mask = None
@@ -205,4 +220,4 @@ class GPT(nnx.Module):
     x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
     for block in self.blocks:
       x = constrain(block(constrain(x, RESIDUAL), positions, mask, rngs), RESIDUAL)
-    return self.wte.attend(self.ln_f(x)).astype(jnp.float32)  # tied output projection
+    return self.ln_f(x)

@@ -14,33 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm_jax import checkpoint, data, generate, models, perf, sharding, tracking
+from llm_jax import checkpoint, data, generate, perf, sharding, tracking
 from llm_jax import config as config_lib
 from llm_jax.data import loader
-from llm_jax.data import tokenizer as tokenizer_lib
-from llm_jax.train import optim
+from llm_jax.train import optim, tasks
 from llm_jax.train import step as step_lib
 
-CONFIG_FILE = 'config.json'
+CONFIG_FILE = config_lib.CONFIG_FILE
 # Steps dispatched ahead of the host. Two keep the device busy; an unbounded queue holds every
 # pending batch in memory and deadlocks XLA's CPU collectives on many fake devices.
 MAX_IN_FLIGHT = 2
-# Model settings that leave parameter shapes alone, so a run may resume with them changed.
-RESUMABLE_MODEL_CHANGES = ('dropout', 'dtype', 'attention')
 
 
-def _model_config(cfg, tokenizer):
-  model_cfg = models.model_config(cfg.model, tokenizer.vocab_size)
-  if model_cfg.vocab_size < tokenizer.vocab_size:
-    raise config_lib.ConfigError(
-      f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's"
-      f' {tokenizer.vocab_size}'
-    )
-  return model_cfg
-
-
-def batch_sharding(mesh, rules=sharding.DEFAULT_RULES):
-  return sharding.named_sharding(mesh, ('batch', 'length'), rules)
+def batch_sharding(mesh, rules=sharding.DEFAULT_RULES, ndim: int = 2):
+  """Batch arrays split by rows over the data axes: (B, T) token arrays, or (B,) per example."""
+  return sharding.named_sharding(mesh, ('batch', 'length')[:ndim], rules)
 
 
 class Steps(NamedTuple):
@@ -50,7 +38,7 @@ class Steps(NamedTuple):
   abstract: step_lib.TrainState  # ShapeDtypeStructs carrying the shardings
   init: Callable[[], step_lib.TrainState]
   train: Callable  # (state, batch) -> (state, metrics); donates state
-  eval: Callable  # (params, batch) -> mean loss
+  eval: Callable  # (params, batch) -> the task's evaluation outputs
 
 
 def _traced_with_activation_sharding(fn, mesh, rules):
@@ -61,34 +49,36 @@ def _traced_with_activation_sharding(fn, mesh, rules):
   return traced
 
 
-def build_steps(cfg, model_cfg, mesh) -> Steps:
-  """The state layout and jitted init/train/eval functions, with explicit shardings."""
+def build_steps(cfg, model_cfg, mesh, loss_fn=tasks.lm_loss, eval_fn=tasks.lm_eval) -> Steps:
+  """The state layout and jitted init/train/eval functions, with explicit shardings.
+
+  The batch keeps the shardings its arrays were placed with (rows over the data axes).
+  """
   rules = cfg.mesh.rules
   tx = optim.make(cfg.optimizer, cfg.train.steps)
   try:
-    graphdef, abstract, shardings = step_lib.state_shardings(
-      model_cfg, tx, mesh, cfg.train.seed, rules
-    )
+    graphdef, abstract, shardings = step_lib.state_shardings(model_cfg, tx, mesh, rules)
   except ValueError as e:  # a parameter that the mesh cannot split evenly
     raise config_lib.ConfigError(str(e)) from None
   train_step = step_lib.make_train_step(
     graphdef,
     tx,
     optim.schedule(cfg.optimizer, cfg.train.steps),
+    loss_fn,
     accum_steps=cfg.train.grad_accum_steps,
     dropout=model_cfg.dropout > 0,
     seed=cfg.train.seed,
   )
-  batch, replicated = batch_sharding(mesh, rules), sharding.replicated(mesh)
+  replicated = sharding.replicated(mesh)
   train_step = jax.jit(
     _traced_with_activation_sharding(train_step, mesh, rules),
-    in_shardings=(shardings, batch),
+    in_shardings=(shardings, None),
     out_shardings=(shardings, replicated),
     donate_argnums=0,
   )
   eval_step = jax.jit(
-    _traced_with_activation_sharding(step_lib.make_eval_step(graphdef), mesh, rules),
-    in_shardings=(shardings.params, batch),
+    _traced_with_activation_sharding(step_lib.make_eval_step(graphdef, eval_fn), mesh, rules),
+    in_shardings=(shardings.params, None),
     out_shardings=replicated,
   )
   init = step_lib.make_init(model_cfg, tx, cfg.train.seed, shardings)
@@ -104,7 +94,7 @@ def local_rows(batch_sharding, global_shape) -> slice:
 
 
 class Trainer:
-  """Everything a run needs, built once: data, mesh, state layout and the jitted steps.
+  """Everything a run needs, built once: the task and its data, mesh, state layout and steps.
 
   `state` stays None until `init_state` or a checkpoint restore fills it, so a dry run and a
   resumed run never allocate a fresh model.
@@ -116,64 +106,61 @@ class Trainer:
     is_writer = workdir is not None and jax.process_index() == 0
     if is_writer:
       workdir.mkdir(parents=True, exist_ok=True)
-    self.dataset = data.load(cfg.data, workdir if is_writer else None)
-    self.model_cfg = _model_config(cfg, self.dataset.tokenizer)
-    eos = self.dataset.tokenizer.eos_id if cfg.data.segment_ids else None
-    self.train_batches = loader.TrainBatches(
-      self.dataset.train,
-      batch_size=cfg.train.batch_size,
-      seq_len=cfg.data.seq_len,
-      seed=cfg.train.seed,
-      eos_id=eos,
-    )
+    self.task = tasks.make(cfg, workdir if is_writer else None)
+    self.model_cfg = self.task.model_cfg
     self.mesh = sharding.make_mesh(cfg.mesh)
-    self.steps = build_steps(cfg, self.model_cfg, self.mesh)
+    self.steps = build_steps(cfg, self.model_cfg, self.mesh, self.task.loss, self.task.evaluate)
     self.train_step = self.steps.train
-    self.batch_sharding = batch_sharding(self.mesh, cfg.mesh.rules)
-    self.global_shape = (cfg.train.batch_size, cfg.data.seq_len)
-    self.rows = local_rows(self.batch_sharding, self.global_shape)
+    self.global_shapes = self.task.shapes(cfg.train.batch_size)
+    self.rows = self._rows(cfg.train.batch_size)
     self.state = None
-    held_out = loader.eval_batches(
-      self.dataset.validation,
-      num_batches=cfg.eval.batches,
-      batch_size=cfg.eval.batch_size,
-      seq_len=cfg.data.seq_len,
-      eos_id=eos,
-    )
-    eval_shape = (cfg.eval.batch_size, cfg.data.seq_len)
-    rows = local_rows(self.batch_sharding, eval_shape)
+    rows = self._rows(cfg.eval.batch_size)
     # On device once, reused by every evaluation.
     self.eval_set = [
-      self._global({k: v[rows] for k, v in b.arrays().items()}, eval_shape) for b in held_out
+      self._global({k: v[rows] for k, v in b.items()}, cfg.eval.batch_size)
+      for b in self.task.eval_set
     ]
+
+  def _rows(self, batch_size: int) -> slice:
+    return local_rows(batch_sharding(self.mesh, self.cfg.mesh.rules, 1), (batch_size,))
+
+  def array_sharding(self, ndim: int):
+    """How a batch array of `ndim` dimensions is placed: rows over the data axes."""
+    return batch_sharding(self.mesh, self.cfg.mesh.rules, min(ndim, 2))
 
   def init_state(self) -> None:
     self.state = self.steps.init()
 
   def batch(self, step: int) -> dict:
     """This process's rows of the training batch for `step`, as global arrays."""
-    return self._global(self.train_batches(step, self.rows).arrays(), self.global_shape)
+    return self._global(self.task.train_batches(step, self.rows), self.cfg.train.batch_size)
 
-  def _global(self, local: dict, global_shape) -> dict:
-    """Global arrays of `global_shape` from this process's rows of each batch array."""
-    put = lambda a: jax.make_array_from_process_local_data(self.batch_sharding, a, global_shape)
-    return {k: put(v) for k, v in local.items()}
+  def _global(self, local: dict, batch_size: int) -> dict:
+    """Global arrays of `batch_size` rows from this process's rows of each batch array."""
+    return {
+      k: jax.make_array_from_process_local_data(
+        self.array_sharding(v.ndim), v, (batch_size, *v.shape[1:])
+      )
+      for k, v in local.items()
+    }
 
   def compile(self) -> float:
     """Ahead-of-time compile of the train step from the abstract state; returns seconds."""
     start = time.perf_counter()
-    array = jax.ShapeDtypeStruct(self.global_shape, jnp.int32, sharding=self.batch_sharding)
-    batch = dict.fromkeys(self.train_batches.keys, array)
+    batch = {
+      k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.array_sharding(len(shape)))
+      for k, shape in self.global_shapes.items()
+    }
     self.train_step = self.steps.train.lower(self.steps.abstract, batch).compile()
     return time.perf_counter() - start
 
-  def evaluate(self) -> float:
-    """Mean held-out loss (nats/token) over the fixed evaluation windows."""
-    losses = [self.steps.eval(self.state.params, batch) for batch in self.eval_set]
-    return float(np.mean(jax.device_get(losses)))
+  def evaluate(self) -> dict[str, float]:
+    """The task's eval_* metrics over the fixed evaluation set."""
+    outputs = [self.steps.eval(self.state.params, batch) for batch in self.eval_set]
+    return self.task.summarize(jax.device_get(outputs))
 
   def sample(self) -> str:
-    s, tok = self.cfg.sample, self.dataset.tokenizer
+    s, tok = self.cfg.sample, self.task.tokenizer
     prompt = tok.encode(s.prompt)
     ids = generate.generate(
       self.steps.graphdef,
@@ -190,15 +177,11 @@ class Trainer:
 
 def _log_facts(tracker, trainer, compile_s: float) -> None:
   n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
-  ds = trainer.dataset
-  tracker.print(
-    f'data {ds.origin}: {len(ds.train):,} train / {len(ds.validation):,} validation tokens,'
-    f' {ds.tokenizer.kind} tokenizer ({ds.tokenizer.vocab_size} ids)'
-  )
+  tracker.print(trainer.task.describe())
   tracker.print(
     f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh '
     f'{dict(trainer.mesh.shape)}, {n_params / 1e6:.2f}M parameters, vocab '
-    f'{trainer.model_cfg.vocab_size}, train step compiled in {compile_s:.1f}s'
+    f'{trainer.task.perf_cfg.vocab_size}, train step compiled in {compile_s:.1f}s'
   )
 
 
@@ -212,10 +195,14 @@ def _resume(trainer, ckpt) -> int:
     trainer.state = state
     return start
   trainer.init_state()
-  if trainer.cfg.ckpt.init_from:
-    _, params = load_params(
-      trainer.cfg.ckpt.init_from, trainer.steps.abstract.params, what='ckpt.init_from'
-    )
+  source = trainer.cfg.ckpt.init_from
+  if source:
+
+    def restore(model_cfg):
+      target = step_lib.abstract_params(model_cfg, trainer.mesh, trainer.cfg.mesh.rules)
+      return load_params(source, target, what='ckpt.init_from')[1]
+
+    params = trainer.task.load_init(trainer.state.params, restore)
     trainer.state = trainer.state._replace(params=params)
   return 0
 
@@ -246,13 +233,12 @@ def export(workdir, out) -> pathlib.Path:
     cfg = config_lib.from_json((workdir / CONFIG_FILE).read_text())
   except FileNotFoundError:
     raise FileNotFoundError(f'{workdir / CONFIG_FILE} not found: is {workdir} a run?') from None
-  tokenizer = tokenizer_lib.load(workdir / data.TOKENIZER_FILE)
-  model_cfg = _model_config(cfg, tokenizer)
+  model_cfg = tasks.make(cfg, workdir).model_cfg
   # Gathered onto one device whatever mesh trained it: the export serves inference anywhere.
   single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   one_device = sharding.make_mesh(single, jax.devices()[:1])
   tx = optim.make(cfg.optimizer, cfg.train.steps)
-  _, abstract, _ = step_lib.state_shardings(model_cfg, tx, one_device, 0, cfg.mesh.rules)
+  _, abstract, _ = step_lib.state_shardings(model_cfg, tx, one_device, cfg.mesh.rules)
   step, params = load_params(workdir, abstract.params, what='export --workdir')
   out.mkdir(parents=True, exist_ok=True)
   for name in (CONFIG_FILE, data.TOKENIZER_FILE):
@@ -330,7 +316,7 @@ def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches) -
       metrics = jax.device_get(metrics)  # the only host sync: once per log interval
       elapsed = time.perf_counter() - mark_time
       tps = (done - mark_step) * tokens_per_step / elapsed
-      mfu = perf.mfu(tps, trainer.model_cfg, cfg.data.seq_len, jax.device_count())
+      mfu = perf.mfu(tps, trainer.task.perf_cfg, cfg.data.seq_len, jax.device_count())
       last = dict(metrics, tokens_per_sec=tps, step_time=elapsed / (done - mark_step), mfu=mfu)
       tracker.log(done, **last)
       tracker.advance(done - mark_step)
@@ -339,9 +325,10 @@ def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches) -
       mark_step, mark_time = done, time.perf_counter()
     eval_due = cfg.eval.every_steps and done % cfg.eval.every_steps == 0
     if trainer.eval_set and (eval_due or done == t.steps):
-      last['eval_loss'] = trainer.evaluate()
-      tracker.log(done, eval_loss=last['eval_loss'])
-      tracker.print(f'step {done}: eval_loss {last["eval_loss"]:.4f}')
+      results = trainer.evaluate()
+      last.update(results)
+      tracker.log(done, **results)
+      tracker.print(f'step {done}: ' + ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
     if stop.signalled or ckpt.reached_preemption(done):
       _halt_if_nonfinite(trainer, ckpt)
       ckpt.save(done, trainer.state)
@@ -363,7 +350,7 @@ def _check_resumable(cfg, workdir: pathlib.Path) -> None:
     return
   old, new = json.loads(saved.read_text())['model'], cfg.model.to_dict()
   for key in sorted(new):
-    if key not in RESUMABLE_MODEL_CHANGES and old.get(key) != new[key]:
+    if key not in config_lib.SHAPE_FREE_MODEL_KEYS and old.get(key) != new[key]:
       raise config_lib.ConfigError(
         f'model.{key}={new[key]!r} but the checkpoints in {workdir} have {old.get(key)!r};'
         ' use a new --workdir'
@@ -397,12 +384,12 @@ def train(cfg, workdir) -> dict:
       last = _run_steps(trainer, ckpt, tracker, start, stop)
     preempted = 'preempted_at' in last
     if trainer.eval_set and 'eval_loss' not in last and not preempted:
-      last['eval_loss'] = trainer.evaluate()  # nothing was left to train: evaluate anyway
+      last.update(trainer.evaluate())  # nothing was left to train: evaluate anyway
     summary = {k: float(v) for k, v in last.items() if v is not None}
     if preempted:
       tracker.print(f'stopped by SIGTERM: saved step {last["preempted_at"]} to {ckpt.directory}')
       return summary
-    if cfg.sample.max_new_tokens:
+    if cfg.sample.max_new_tokens and trainer.task.name == 'lm':
       summary['sample'] = trainer.sample()
       tracker.print('--- sample ---\n' + summary['sample'])
     tracker.summary(**summary)

@@ -80,7 +80,7 @@ def format_plan(plan: dict, trainer) -> str:
     [
       f'mesh {dict(trainer.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform}'
       f' device(s); rules: {rules}',
-      f'batch {trainer.global_shape} sharded {trainer.batch_sharding.spec};'
+      f'batch {trainer.global_shapes} sharded {trainer.array_sharding(2).spec} by rows;'
       f' train step compiled in {plan["compile_s"]:.1f}s',
       'per-device memory:',
       f'  parameters        {gib("params")}',

@@ -27,19 +27,32 @@ def no_bad_steps():
   return jnp.zeros((), jnp.int32), jnp.array([-1, 0], jnp.int32)
 
 
-def cross_entropy(logits, targets):
-  """Mean next-token cross-entropy in nats; logits (B, T, V) fp32, targets (B, T)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-
-def state_shardings(model_cfg, tx, mesh, seed: int, rules):
-  """(graphdef, abstract state, shardings): the training state's layout, nothing allocated."""
+def param_layout(model_cfg, mesh, rules):
+  """(graphdef, abstract params, their shardings) of a model, nothing allocated."""
   graphdef, abstract_params = nnx.split(
-    nnx.eval_shape(lambda: models.build(model_cfg, seed)), nnx.Param
+    nnx.eval_shape(lambda: models.build(model_cfg, 0)), nnx.Param
   )
   logical = nnx.get_partition_spec(abstract_params)
   sharding.check_divisible(logical, abstract_params, mesh, rules)
-  param_shardings = sharding.tree_shardings(logical, mesh, rules)
+  return graphdef, abstract_params, sharding.tree_shardings(logical, mesh, rules)
+
+
+def with_shardings(abstract, shardings):
+  """ShapeDtypeStructs of `abstract` that carry `shardings`."""
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
+
+
+def abstract_params(model_cfg, mesh, rules):
+  """A model's parameters as ShapeDtypeStructs carrying their shardings: a restore target."""
+  _, abstract, shardings = param_layout(model_cfg, mesh, rules)
+  return with_shardings(abstract, shardings)
+
+
+def state_shardings(model_cfg, tx, mesh, rules):
+  """(graphdef, abstract state, shardings): the training state's layout, nothing allocated."""
+  graphdef, abstract_params, param_shardings = param_layout(model_cfg, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   # Optimizer moments follow their parameters; scalars such as step counts are replicated.
   opt_shardings = optax.tree_map_params(
@@ -57,10 +70,7 @@ def state_shardings(model_cfg, tx, mesh, seed: int, rules):
     abstract_opt,
     *jax.eval_shape(no_bad_steps),
   )
-  abstract = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-  )
-  return graphdef, abstract, shardings
+  return graphdef, with_shardings(abstract, shardings), shardings
 
 
 def make_init(model_cfg, tx, seed: int, shardings):
@@ -73,48 +83,44 @@ def make_init(model_cfg, tx, seed: int, shardings):
   return jax.jit(init, out_shardings=shardings)
 
 
-def batch_loss(model, batch, rngs=None):
-  """Mean next-token loss of `model` on a batch dict: inputs, targets (B, T) and, for packed
-  documents, segment_ids and positions."""
-  logits = model(
-    batch['inputs'],
-    segment_ids=batch.get('segment_ids'),
-    positions=batch.get('positions'),
-    rngs=rngs,
-  )
-  return cross_entropy(logits, batch['targets'])
+def make_train_step(graphdef, tx, schedule, loss_fn, *, accum_steps: int, dropout: bool, seed: int):
+  """train_step(state, batch) -> (state, metrics); batch: a dict of (B, ...) arrays.
 
-
-def make_train_step(graphdef, tx, schedule, *, accum_steps: int, dropout: bool, seed: int):
-  """train_step(state, batch) -> (state, metrics); batch: a dict of (B, T) arrays."""
+  loss_fn(model, batch, key, rngs) -> (loss, metrics): the task's objective; `key` serves
+  randomness that is part of the objective (MLM masking), `rngs` dropout (None when off).
+  """
   base_key = jax.random.key(seed)
 
-  def loss_fn(params, batch, key):
-    rngs = nnx.Rngs(dropout=key) if dropout else None
-    return batch_loss(nnx.merge(graphdef, params), batch, rngs)
+  def objective(params, batch, key):
+    task_key, dropout_key = jax.random.split(key)
+    rngs = nnx.Rngs(dropout=dropout_key) if dropout else None
+    return loss_fn(nnx.merge(graphdef, params), batch, task_key, rngs)
 
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def accumulate(params, batch, key):
     # Microbatch a takes rows a, a+A, a+2A, ... so every microbatch stays evenly spread over
     # the devices that hold the batch.
-    split = lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, -1).swapaxes(0, 1)
+    split = lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
 
     def micro(carry, xs):
-      loss, grads = grad_fn(params, *xs)
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      (loss, metrics), grads = grad_fn(params, *xs)
+      return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 
     keys = jax.random.split(key, accum_steps)
-    zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-    (loss, grads), _ = jax.lax.scan(micro, zeros, (jax.tree.map(split, batch), keys))
-    return jax.tree.map(lambda x: x / accum_steps, (loss, grads))
+    first = jax.tree.map(lambda x: split(x)[0], batch)
+    (_, metrics), _ = jax.eval_shape(grad_fn, params, first, key)
+    zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), metrics, params))
+    total, _ = jax.lax.scan(micro, zeros, (jax.tree.map(split, batch), keys))
+    loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
+    return (loss, metrics), grads
 
   def train_step(state: TrainState, batch):
-    key = jax.random.fold_in(base_key, state.step)  # dropout depends on (seed, step) only
+    key = jax.random.fold_in(base_key, state.step)  # masks and dropout: functions of (seed, step)
     if accum_steps == 1:
-      loss, grads = grad_fn(state.params, batch, key)
+      (loss, task_metrics), grads = grad_fn(state.params, batch, key)
     else:
-      loss, grads = accumulate(state.params, batch, key)
+      (loss, task_metrics), grads = accumulate(state.params, batch, key)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -130,15 +136,16 @@ def make_train_step(graphdef, tx, schedule, *, accum_steps: int, dropout: bool, 
     )
     skipped = state.skipped + (~finite).astype(jnp.int32)
     metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': schedule(state.step), 'skipped': skipped}
+    metrics.update(task_metrics)
     return TrainState(state.step + 1, params, opt_state, skipped, first_bad), metrics
 
   return train_step
 
 
-def make_eval_step(graphdef):
-  """eval_step(params, batch) -> mean loss, no dropout."""
+def make_eval_step(graphdef, eval_fn):
+  """eval_step(params, batch) -> eval_fn(model, batch): the task's metrics, no dropout."""
 
   def eval_step(params, batch):
-    return batch_loss(nnx.merge(graphdef, params), batch)
+    return eval_fn(nnx.merge(graphdef, params), batch)
 
   return eval_step

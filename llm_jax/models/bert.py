@@ -1,0 +1,118 @@
+"""BERT: a bidirectional Transformer encoder with a masked-language-model head, in Flax NNX.
+
+Token, position and token-type embeddings summed and normalised; encoder blocks that are post-LN
+as in the original (`norm='pre'` for pre-LN, which trains more stably when deep); a GELU MLP; and
+an MLM head (dense, GELU, LayerNorm, then the input embeddings transposed plus a bias). Padding
+is right-aligned and given as lengths, so attention ignores it on every backend (cuDNN included).
+The attention and MLP layers, and their logical axis names, are GPT's: one sharding rules table
+serves both families.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llm_jax.models.gpt import DTYPES, MLP, RESIDUAL, Attention, axes, layer_norm, normal
+from llm_jax.sharding import constrain
+
+NORMS = ('post', 'pre')
+
+
+@dataclasses.dataclass(frozen=True)
+class BERTConfig:
+  vocab_size: int
+  block_size: int = 512  # longest input; size of the position table
+  n_layer: int = 12
+  n_head: int = 12
+  n_embd: int = 768
+  mlp_ratio: int = 4
+  dropout: float = 0.1
+  bias: bool = True
+  position: str = 'learned'  # 'learned' table or 'rope'
+  rope_theta: float = 10_000.0
+  dtype: str = 'float32'
+  attention: str = 'auto'
+  norm: str = 'post'  # 'post' (original BERT) or 'pre'
+  type_vocab_size: int = 2
+
+  @property
+  def head_dim(self) -> int:
+    return self.n_embd // self.n_head
+
+
+EPSILON = 1e-12  # BERT's LayerNorm epsilon
+
+
+class EncoderBlock(nnx.Module):
+  def __init__(self, cfg: BERTConfig, *, rngs: nnx.Rngs):
+    self.post = cfg.norm == 'post'
+    self.attn = Attention(cfg, causal=False, rngs=rngs)
+    self.ln_1 = layer_norm(cfg, rngs, EPSILON)
+    self.mlp = MLP(cfg, rngs=rngs)
+    self.ln_2 = layer_norm(cfg, rngs, EPSILON)
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  def __call__(self, x, positions, lengths, rngs: nnx.Rngs | None):
+    drop = lambda y: self.dropout(y, deterministic=rngs is None, rngs=rngs)
+    if self.post:
+      x = self.ln_1(x + drop(self.attn(x, positions, kv_lengths=lengths)))
+      return self.ln_2(x + drop(self.mlp(x)))
+    x = x + drop(self.attn(self.ln_1(x), positions, kv_lengths=lengths))
+    return x + drop(self.mlp(self.ln_2(x)))
+
+
+class Encoder(nnx.Module):
+  """Embeddings and encoder blocks: what a classifier fine-tunes."""
+
+  def __init__(self, cfg: BERTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dtype = DTYPES[cfg.dtype]
+    embed = lambda n, names: nnx.Embed(
+      n, cfg.n_embd, dtype=dtype, embedding_init=normal(0.02), embedding_metadata=axes(*names),
+      rngs=rngs,
+    )  # fmt: skip
+    self.wte = embed(cfg.vocab_size, ('vocab', 'embed'))
+    if cfg.position == 'learned':
+      self.wpe = embed(cfg.block_size, (None, 'embed'))
+    self.wtt = embed(cfg.type_vocab_size, (None, 'embed'))
+    self.ln_emb = layer_norm(cfg, rngs, EPSILON)
+    self.dropout = nnx.Dropout(cfg.dropout)
+    self.blocks = nnx.List([EncoderBlock(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+    # Pre-LN leaves the residual stream unnormalised: one last LayerNorm, as in GPT.
+    self.ln_f = layer_norm(cfg, rngs, EPSILON) if cfg.norm == 'pre' else None
+
+  def __call__(self, tokens, *, lengths=None, token_types=None, rngs: nnx.Rngs | None = None):
+    """Hidden states (B, T, C) for tokens (B, T); `lengths` (B,): tokens past them are padding."""
+    positions = jnp.arange(tokens.shape[1])[None]  # (1, T)
+    x = self.wte(tokens) + self.wtt(jnp.zeros_like(tokens) if token_types is None else token_types)
+    if self.cfg.position == 'learned':
+      x = x + self.wpe(positions)
+    x = self.dropout(self.ln_emb(x), deterministic=rngs is None, rngs=rngs)
+    for block in self.blocks:
+      x = constrain(block(constrain(x, RESIDUAL), positions, lengths, rngs), RESIDUAL)
+    return x if self.ln_f is None else self.ln_f(x)
+
+
+class BERT(nnx.Module):
+  def __init__(self, cfg: BERTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.mlm_dense = nnx.Linear(
+      cfg.n_embd,
+      cfg.n_embd,
+      dtype=DTYPES[cfg.dtype],
+      kernel_init=normal(0.02),
+      kernel_metadata=axes('embed', None),
+      bias_metadata=axes(None),
+      rngs=rngs,
+    )
+    self.mlm_ln = layer_norm(cfg, rngs, EPSILON)
+    self.mlm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,)), sharding_names=('vocab',))
+
+  def __call__(self, tokens, *, lengths=None, token_types=None, rngs: nnx.Rngs | None = None):
+    """MLM logits (B, T, V) in fp32 for tokens (B, T)."""
+    x = self.encoder(tokens, lengths=lengths, token_types=token_types, rngs=rngs)
+    x = self.mlm_ln(jax.nn.gelu(self.mlm_dense(x), approximate=False))
+    return (self.encoder.wte.attend(x) + self.mlm_bias[...]).astype(jnp.float32)  # tied decoder

@@ -1,0 +1,361 @@
+"""Training tasks: what a batch holds, what the step minimises, what evaluation reports.
+
+  lm        GPT pretraining: next-token cross-entropy over packed windows
+  mlm       BERT pretraining: `train.mask_rate` of the tokens are chosen (80% become [MASK],
+            10% a random id, 10% stay; [CLS] and EOS are never chosen) and only those are scored
+  classify  fine-tuning: class logits from the pooled backbone (BERT encoder or GPT); cross-entropy,
+            accuracy and macro-F1
+
+The loop, sharding, checkpoints and tracking are the same for every task; a task supplies the model
+config, the batches, `loss` for the jitted train step and `evaluate` for the jitted eval step.
+MLM masks are drawn inside the jitted step from a key folded from (seed, step): deterministic, with
+no host work per step. Evaluation masks are drawn once, so eval numbers compare across steps.
+"""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from llm_jax import config as config_lib
+from llm_jax import data, models
+from llm_jax.data import labelled, loader, sources
+from llm_jax.data import tokenizer as tokenizer_lib
+from llm_jax.models.classifier import ClassifierConfig, backbone_params
+
+ENCODER_SPECIALS = 2  # [CLS] and [MASK], given the ids after the tokenizer's vocabulary
+
+
+def task_name(cfg) -> str:
+  return cfg.train.task or config_lib.PRETRAINING[cfg.model.name]
+
+
+def model_vocab(model_name: str, tok) -> int:
+  """Ids the model must embed: the tokenizer's, plus [CLS] and [MASK] for encoders."""
+  return tok.vocab_size + (ENCODER_SPECIALS if model_name == 'bert' else 0)
+
+
+def model_config(model_section, tok):
+  """The pretraining model's dataclass config, its vocabulary checked against the tokenizer."""
+  needed = model_vocab(model_section.name, tok)
+  model_cfg = models.model_config(model_section, needed)
+  if model_cfg.vocab_size < needed:
+    raise config_lib.ConfigError(
+      f'model.vocab_size={model_section.vocab_size} is smaller than the {needed} ids the'
+      f' {tok.kind} tokenizer needs'
+    )
+  return model_cfg
+
+
+def cross_entropy(logits, labels, weights=None):
+  """Mean cross-entropy in nats over the positions where `weights` (default: all) are nonzero."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if weights is None:
+    return losses.mean()
+  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1)
+
+
+def accuracy(logits, labels, weights):
+  hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return (hits * weights).sum() / jnp.maximum(weights.sum(), 1)
+
+
+def mask_tokens(key, tokens, *, rate: float, mask_id: int, eos_id: int, vocab: int, never):
+  """BERT's corruption: (inputs, chosen). Each token outside `never` is chosen with probability
+  `rate`; a chosen token becomes `mask_id` (80%), a random id below `vocab` other than EOS (10%),
+  or stays (10%)."""
+  choose_key, how_key, random_key = jax.random.split(key, 3)
+  allowed = ~jnp.isin(tokens, jnp.asarray(never))
+  chosen = allowed & (jax.random.uniform(choose_key, tokens.shape) < rate)
+  how = jax.random.uniform(how_key, tokens.shape)
+  random_ids = jax.random.randint(random_key, tokens.shape, 0, vocab - 1)
+  random_ids = random_ids + (random_ids >= eos_id)  # skips EOS
+  corrupted = jnp.where(how < 0.8, mask_id, jnp.where(how < 0.9, random_ids, tokens))
+  return jnp.where(chosen, corrupted, tokens), chosen
+
+
+class Task:
+  """A task's data, model config and objective. Subclasses fill in the attributes."""
+
+  name: str
+  tokenizer: tokenizer_lib.Tokenizer
+  model_cfg: object  # what `models.build` takes
+  perf_cfg: object  # the transformer whose FLOPs count (the backbone for a classifier)
+  origin: str  # where the data came from, for the log
+  train_batches: object  # (step, rows) -> dict of this process's rows of the global batch
+  eval_set: list  # global evaluation batches (numpy)
+
+  def shapes(self, batch_size: int) -> dict[str, tuple]:
+    """Global shape of each training batch array."""
+    raise NotImplementedError
+
+  def describe(self) -> str:
+    """One line on the data, for the log."""
+    raise NotImplementedError
+
+  def loss(self, model, batch, key, rngs):
+    """(loss, metrics) of `model` on a training batch, inside the jitted step."""
+    raise NotImplementedError
+
+  def evaluate(self, model, batch) -> dict:
+    """Per-batch evaluation outputs, inside the jitted eval step."""
+    raise NotImplementedError
+
+  def summarize(self, outputs: list[dict]) -> dict[str, float]:
+    """The eval_* metrics from all batches' outputs."""
+    return {f'eval_{k}': float(np.mean([o[k] for o in outputs])) for k in outputs[0]}
+
+  def load_init(self, params, restore):
+    """Parameters to start from, given freshly initialised `params` and `restore(model_cfg)`,
+    which reads ckpt.init_from as a model of `model_cfg`: by default the whole same model."""
+    del params
+    return restore(self.model_cfg)
+
+
+def lm_loss(model, batch, key, rngs):
+  """Next-token cross-entropy; `segment_ids` and `positions` in the batch when packed."""
+  del key
+  logits = model(
+    batch['inputs'],
+    segment_ids=batch.get('segment_ids'),
+    positions=batch.get('positions'),
+    rngs=rngs,
+  )
+  return cross_entropy(logits, batch['targets']), {}
+
+
+def lm_eval(model, batch):
+  return {'loss': lm_loss(model, batch, None, None)[0]}
+
+
+class PretrainingTask(Task):
+  """A task over a token stream: the data and model of `cfg`."""
+
+  def __init__(self, cfg, dataset: data.Dataset):
+    self.dataset, self.tokenizer, self.origin = dataset, dataset.tokenizer, dataset.origin
+    self.seq_len = cfg.data.seq_len
+    self.model_cfg = self.perf_cfg = model_config(cfg.model, self.tokenizer)
+
+  def describe(self):
+    tok = self.tokenizer
+    return (
+      f'{self.name} on {self.origin}: {len(self.dataset.train):,} train /'
+      f' {len(self.dataset.validation):,} validation tokens, {tok.kind} tokenizer'
+      f' ({tok.vocab_size} ids)'
+    )
+
+
+class LanguageModel(PretrainingTask):
+  name = 'lm'
+
+  def __init__(self, cfg, dataset: data.Dataset):
+    super().__init__(cfg, dataset)
+    d, t = cfg.data, cfg.train
+    eos = self.tokenizer.eos_id if d.segment_ids else None
+    batches = loader.TrainBatches(
+      dataset.train, batch_size=t.batch_size, seq_len=d.seq_len, seed=t.seed, eos_id=eos
+    )
+    self.keys = batches.keys
+    self.train_batches = lambda step, rows: batches(step, rows).arrays()
+    held_out = loader.eval_batches(
+      dataset.validation,
+      num_batches=cfg.eval.batches,
+      batch_size=cfg.eval.batch_size,
+      seq_len=d.seq_len,
+      eos_id=eos,
+    )
+    self.eval_set = [b.arrays() for b in held_out]
+
+  def shapes(self, batch_size):
+    return dict.fromkeys(self.keys, (batch_size, self.seq_len))
+
+  def loss(self, model, batch, key, rngs):
+    return lm_loss(model, batch, key, rngs)
+
+  def evaluate(self, model, batch):
+    return lm_eval(model, batch)
+
+
+class MaskedLanguageModel(PretrainingTask):
+  name = 'mlm'
+
+  def __init__(self, cfg, dataset: data.Dataset):
+    super().__init__(cfg, dataset)
+    d, t = cfg.data, cfg.train
+    tok = self.tokenizer
+    self.cls_id, self.mask_id = tok.vocab_size, tok.vocab_size + 1
+    self.mask = dict(
+      rate=t.mask_rate,
+      mask_id=self.mask_id,
+      eos_id=tok.eos_id,
+      vocab=tok.vocab_size,
+      never=(self.cls_id, tok.eos_id),
+    )
+    # seq_len - 1 text tokens per row; the step puts [CLS] in front.
+    batches = loader.TrainBatches(
+      dataset.train, batch_size=t.batch_size, seq_len=d.seq_len - 1, seed=t.seed
+    )
+    self.train_batches = lambda step, rows: {'inputs': batches(step, rows).inputs}
+    held_out = loader.eval_batches(
+      dataset.validation,
+      num_batches=cfg.eval.batches,
+      batch_size=cfg.eval.batch_size,
+      seq_len=d.seq_len - 1,
+    )
+    eval_key = jax.random.key(t.seed + 1)
+    self.eval_set = [
+      self._masked_eval_batch(b.inputs, jax.random.fold_in(eval_key, i))
+      for i, b in enumerate(held_out)
+    ]
+
+  def _with_cls(self, inputs):
+    return jnp.concatenate([jnp.full((inputs.shape[0], 1), self.cls_id, inputs.dtype), inputs], 1)
+
+  def _masked_eval_batch(self, inputs, key) -> dict:
+    tokens = self._with_cls(jnp.asarray(inputs))
+    masked, chosen = mask_tokens(key, tokens, **self.mask)
+    return {
+      'inputs': np.asarray(masked),
+      'targets': np.asarray(tokens),
+      'weights': np.asarray(chosen, np.float32),
+    }
+
+  def shapes(self, batch_size):
+    return {'inputs': (batch_size, self.seq_len - 1)}
+
+  def _scored(self, model, inputs, targets, weights, rngs):
+    logits = model(inputs, rngs=rngs)
+    return cross_entropy(logits, targets, weights), accuracy(logits, targets, weights)
+
+  def loss(self, model, batch, key, rngs):
+    tokens = self._with_cls(batch['inputs'])
+    masked, chosen = mask_tokens(key, tokens, **self.mask)
+    loss, acc = self._scored(model, masked, tokens, chosen.astype(jnp.float32), rngs)
+    return loss, {'mlm_accuracy': acc}
+
+  def evaluate(self, model, batch):
+    loss, acc = self._scored(model, batch['inputs'], batch['targets'], batch['weights'], None)
+    return {'loss': loss, 'mlm_accuracy': acc}
+
+
+def _init_run(source: str):
+  """(config, tokenizer) of the run or export in `source`, for ckpt.init_from."""
+  path = pathlib.Path(source)
+  try:
+    cfg = config_lib.from_json((path / config_lib.CONFIG_FILE).read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f'ckpt.init_from={source}: no config.json there (not a run)') from None
+  return cfg, tokenizer_lib.load(path / data.TOKENIZER_FILE)
+
+
+class Classification(Task):
+  """Fine-tuning: a classifier on the backbone of `ckpt.init_from` (its architecture and
+  tokenizer), or on a fresh `model.*` backbone when there is none."""
+
+  name = 'classify'
+
+  def __init__(self, cfg, workdir: pathlib.Path | None):
+    d, t = cfg.data, cfg.train
+    source = sources.open_source(d)
+    self.origin = d.source
+    init = cfg.ckpt.init_from
+    if init:
+      init_cfg, self.tokenizer = _init_run(init)
+      model_section = init_cfg.model
+      model_section.unlock()
+      for key in config_lib.SHAPE_FREE_MODEL_KEYS:  # fine-tuning's own choices
+        model_section[key] = cfg.model[key]
+      self.family = model_section.name
+    else:
+      saved = workdir / data.TOKENIZER_FILE if workdir else None
+      self.tokenizer = (
+        tokenizer_lib.load(saved)
+        if saved and saved.exists()
+        else tokenizer_lib.build(d.tokenizer, d.vocab_size, source.documents('train'))
+      )
+      model_section, self.family = cfg.model, cfg.model.name
+    if workdir:
+      self.tokenizer.save(workdir / data.TOKENIZER_FILE)
+    backbone = model_config(model_section, self.tokenizer)
+    if d.seq_len > backbone.block_size:
+      raise config_lib.ConfigError(
+        f'data.seq_len={d.seq_len} is longer than the position table of the'
+        f' {"ckpt.init_from" if init else "model"} model (block_size={backbone.block_size})'
+      )
+    self.classes = labelled.classes(source, d.classes)
+    self.model_cfg = ClassifierConfig(backbone, len(self.classes))
+    self.perf_cfg = backbone
+    self.seq_len = d.seq_len
+    cls_id = self.tokenizer.vocab_size if self.family == 'bert' else None
+    encode = lambda split: labelled.encode(
+      source, split, self.tokenizer, self.classes, seq_len=d.seq_len, cls_id=cls_id
+    )
+    self.train_examples, held_out = encode('train'), encode('validation')
+    self.train_batches = loader.ExampleBatches(
+      self.train_examples, batch_size=t.batch_size, seed=t.seed
+    )
+    self.num_eval_examples = len(held_out['labels'])
+    self.eval_set = loader.fixed_batches(held_out, cfg.eval.batch_size) if cfg.eval.batches else []
+
+  def describe(self):
+    n_train, n_val = len(self.train_examples['labels']), self.num_eval_examples
+    return (
+      f'classify {self.origin}: {n_train:,} train / {n_val:,} validation examples,'
+      f' classes {", ".join(self.classes)}; {self.family} backbone, {self.tokenizer.kind}'
+      f' tokenizer ({self.tokenizer.vocab_size} ids)'
+    )
+
+  def shapes(self, batch_size):
+    return {
+      'inputs': (batch_size, self.seq_len),
+      'lengths': (batch_size,),
+      'labels': (batch_size,),
+    }
+
+  def loss(self, model, batch, key, rngs):
+    del key
+    logits = model(batch['inputs'], batch['lengths'], rngs=rngs)
+    ones = jnp.ones(batch['labels'].shape)
+    return cross_entropy(logits, batch['labels']), {
+      'accuracy': accuracy(logits, batch['labels'], ones)
+    }
+
+  def evaluate(self, model, batch):
+    logits = model(batch['inputs'], batch['lengths'])
+    w = batch['weights']
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels'])
+    n = len(self.classes)
+    truth = jax.nn.one_hot(batch['labels'], n) * w[:, None]
+    predicted = jax.nn.one_hot(jnp.argmax(logits, -1), n)
+    return {'loss_sum': (losses * w).sum(), 'confusion': truth.T @ predicted}  # (true, predicted)
+
+  def summarize(self, outputs):
+    confusion = np.sum([o['confusion'] for o in outputs], axis=0)
+    total = confusion.sum()
+    tp = np.diag(confusion)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    present = (support + predicted) > 0  # classes absent from labels and predictions: no F1
+    f1 = 2 * tp[present] / (support[present] + predicted[present])
+    return {
+      'eval_loss': float(sum(o['loss_sum'] for o in outputs) / total),
+      'eval_accuracy': float(tp.sum() / total),
+      'eval_macro_f1': float(f1.mean()),
+    }
+
+  def load_init(self, params, restore):
+    """The pretrained backbone (the whole pretraining model is read: BERT's MLM head is left
+    behind), the new head as initialised."""
+    backbone = self.model_cfg.backbone
+    params['backbone'] = backbone_params(restore(backbone), backbone)
+    return params
+
+
+def make(cfg, workdir: pathlib.Path | None) -> Task:
+  """The task `cfg` trains, with its data loaded (and its tokenizer kept in `workdir`)."""
+  name = task_name(cfg)
+  if name == 'classify':
+    return Classification(cfg, workdir)
+  dataset = data.load(cfg.data, workdir)
+  return (LanguageModel if name == 'lm' else MaskedLanguageModel)(cfg, dataset)

@@ -1,0 +1,119 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llm_jax import checkpoint, config
+from llm_jax.data import DataError
+from llm_jax.train import loop, tasks
+from tests.test_train import read_rows
+
+WORDS = {'sea': 'ship sail wave tide salt storm', 'land': 'hill field stone road farm wood'}
+SHARED = 'the a of and to in'.split()
+
+
+def write_labelled(path, n=400, seed=0):
+  """JSON Lines of 12-word passages: 60% 'sea', 40% 'land', told apart by their nouns."""
+  rng = np.random.default_rng(seed)
+  with open(path, 'w') as f:
+    for _ in range(n):
+      label = 'sea' if rng.random() < 0.6 else 'land'
+      words = rng.choice(WORDS[label].split() + SHARED, 12)
+      f.write(json.dumps({'text': ' '.join(words), 'label': label}) + '\n')
+  return path
+
+
+def small_config(preset, source, **train):
+  c = config.preset(preset)
+  c.train.update(dict(steps=40, batch_size=16, log_every=10), **train)
+  c.data.update(source=source, seq_len=64, val_fraction=0.25)
+  c.eval.update(every_steps=0, batches=2, batch_size=16)
+  c.optimizer.update(lr=3e-3, warmup_steps=5)
+  c.sample.max_new_tokens = 0
+  c.wandb.mode = 'disabled'
+  return c
+
+
+def test_masking_statistics_over_many_draws():
+  eos, cls, mask, vocab = 3, 50, 51, 50
+  tokens = jax.random.randint(jax.random.key(0), (256, 512), 0, vocab)
+  tokens = tokens.at[:, 0].set(cls).at[:, ::64].set(eos)
+  masked, chosen = tasks.mask_tokens(
+    jax.random.key(1), tokens, rate=0.15, mask_id=mask, eos_id=eos, vocab=vocab, never=(cls, eos)
+  )
+  special = (tokens == cls) | (tokens == eos)
+  assert not jnp.any(chosen & special) and jnp.all(masked[special] == tokens[special])
+  assert float(chosen[~special].mean()) == pytest.approx(0.15, abs=0.003)
+  became_mask = masked[chosen] == mask
+  kept = masked[chosen] == tokens[chosen]
+  random = ~became_mask & ~kept
+  assert float(became_mask.mean()) == pytest.approx(0.8, abs=0.01)
+  # A random replacement can hit the original id (1 time in vocab - 1), counted as kept.
+  assert float(kept.mean()) == pytest.approx(0.1 + 0.1 / 49, abs=0.01)
+  assert float(random.mean()) == pytest.approx(0.1 - 0.1 / 49, abs=0.01)
+  replaced = masked[chosen][random]
+  assert jnp.all(replaced < vocab) and not jnp.any(replaced == eos)
+  assert not jnp.any(masked[~chosen] != tokens[~chosen])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['bert', 'gpt'])
+def test_pretrain_then_finetune_beats_the_majority_class(tmp_path, family):
+  data = write_labelled(tmp_path / 'passages.jsonl')
+  pretrain = small_config(f'{family}_tiny', f'jsonl:{data}')
+  loop.train(pretrain, tmp_path / 'pre')
+  rows = [r for r in read_rows(tmp_path / 'pre') if 'loss' in r]
+  assert rows[-1]['loss'] < rows[0]['loss'] - 0.3  # MLM / LM loss falls
+  if family == 'bert':
+    assert 0 < rows[-1]['mlm_accuracy'] <= 1
+  finetune = small_config('bert_tiny', f'jsonl:{data}', task='classify', steps=60)
+  finetune.ckpt.init_from = str(tmp_path / 'pre')
+  summary = loop.train(finetune, tmp_path / 'cls')
+  majority = 0.6
+  assert summary['eval_accuracy'] > majority + 0.2, summary
+  assert 0 < summary['eval_macro_f1'] <= 1
+  evals = [r for r in read_rows(tmp_path / 'cls') if 'eval_accuracy' in r]
+  assert evals[-1]['eval_accuracy'] == summary['eval_accuracy']
+  saved = (tmp_path / 'cls' / 'tokenizer.json').read_text()
+  assert saved == (tmp_path / 'pre' / 'tokenizer.json').read_text()  # the pretraining ids
+
+
+def test_bad_fine_tuning_input_is_one_clear_error(tmp_path):
+  data = write_labelled(tmp_path / 'passages.jsonl', n=20)
+  with open(data, 'a') as f:
+    f.write(json.dumps({'text': 'sky and cloud', 'label': 'sky'}) + '\n')
+  cfg = small_config('bert_tiny', f'jsonl:{data}', task='classify')
+  cfg.data.classes = ('sea', 'land')
+  with pytest.raises(DataError, match=r"passages.jsonl:21: label 'sky' is not one of data.classes"):
+    tasks.make(cfg, None)
+  cfg.data.source = f'text:{data}'
+  with pytest.raises(config.ConfigError, match='classification needs labelled data'):
+    config.validate(cfg, num_devices=8, backend='cpu')
+
+
+@pytest.mark.slow
+def test_an_init_checkpoint_of_another_architecture_or_context_is_refused(tmp_path):
+  data = write_labelled(tmp_path / 'passages.jsonl', n=100)
+  loop.train(small_config('gpt_tiny', f'jsonl:{data}', steps=6), tmp_path / 'gpt')
+  bert = small_config('bert_tiny', f'jsonl:{data}', steps=6)
+  bert.ckpt.init_from = str(tmp_path / 'gpt')
+  with pytest.raises(checkpoint.CheckpointError, match='do not fit this model'):
+    loop.train(bert, tmp_path / 'bert')
+  cls = small_config('bert_tiny', f'jsonl:{data}', task='classify')
+  cls.ckpt.init_from = str(tmp_path / 'gpt')  # gpt_tiny: 64 positions
+  cls.model.block_size = cls.data.seq_len = 128
+  with pytest.raises(config.ConfigError, match=r'data.seq_len=128 is longer than the position'):
+    tasks.make(cls, None)
+
+
+def test_tfds_labels_take_the_datasets_class_names(tmp_path):
+  import tensorflow_datasets as tfds
+
+  cfg = small_config('bert_tiny', 'tfds:imdb_reviews:train', task='classify')
+  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+    task = tasks.make(cfg, tmp_path)
+  assert task.classes == ('neg', 'pos') and task.model_cfg.num_classes == 2
+  assert len(task.train_examples['labels']) == 30 and task.num_eval_examples == 10
+  assert set(task.train_examples['labels'].tolist()) <= {0, 1}
