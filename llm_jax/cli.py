@@ -5,6 +5,7 @@ missing file) ends with one line on stderr naming the field or file and exit sta
 anything is compiled.
 """
 
+import argparse
 import json
 import os
 import pathlib
@@ -25,6 +26,9 @@ commands:
                              --config.init_from=runs/bert
   bench   time a train step: llm-jax bench --config configs/gpt_tiny.py [--steps 20]
   export  params only:       llm-jax export --workdir runs/tiny --out exports/tiny
+  compare runs side by side: llm-jax compare runs/a runs/b [--plot loss.png --metric eval_loss
+                             --x step|tokens|time --log --smooth N --format table|markdown|csv]
+                             [--wandb ENTITY/PROJECT --filter group=NAME]
 """
 
 
@@ -197,6 +201,45 @@ def _prepare(fv) -> int:
   return 0
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+  def error(self, message):
+    raise UsageError(message)
+
+
+def _compare(args) -> int:
+  from llm_jax import compare
+
+  parser = _ArgumentParser(prog='llm-jax compare', description='Compare runs.')
+  parser.add_argument('runs', nargs='*', help='run workdirs')
+  parser.add_argument('--plot', help='write a PNG of --metric for every run')
+  parser.add_argument('--metric', default='eval_loss')
+  parser.add_argument('--x', choices=compare.X_AXES, default='step')
+  parser.add_argument('--log', action='store_true', help='log-scale y axis')
+  parser.add_argument('--smooth', type=int, default=1, help='moving average over N points')
+  parser.add_argument('--format', choices=compare.FORMATS, default='table')
+  parser.add_argument('--wandb', metavar='ENTITY/PROJECT', help='also W&B runs of a project')
+  parser.add_argument('--filter', action='append', default=[], metavar='KEY=VALUE')
+  a = parser.parse_args(args)
+  if a.smooth < 1:
+    raise UsageError(f'--smooth={a.smooth} must be >= 1')
+  filters = {}
+  for item in a.filter:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise UsageError(f'--filter {item!r}: write KEY=VALUE')
+    filters[key] = value
+  runs = [compare.load_workdir(path) for path in a.runs]
+  if a.wandb:
+    runs += compare.load_wandb(a.wandb, filters)
+  if not runs:
+    raise UsageError('compare needs run workdirs, or --wandb ENTITY/PROJECT')
+  print(compare.report(runs, a.format))
+  if a.plot:
+    compare.plot(runs, a.plot, metric=a.metric, x=a.x, log=a.log, window=a.smooth)
+    print(f'\nplot: {a.plot}')
+  return 0
+
+
 def _export(fv) -> int:
   from llm_jax.train import loop
 
@@ -221,16 +264,19 @@ def main(argv=None) -> int:
     print(USAGE)
     return 0 if len(argv) >= 2 else 2
   command = argv[1]
-  if command not in COMMANDS:
+  if command not in COMMANDS and command != 'compare':
     print(f'llm-jax: unknown command {command!r}\n{USAGE}', file=sys.stderr)
     return 2
   from llm_jax import distributed
   from llm_jax.checkpoint import CheckpointError
+  from llm_jax.compare import CompareError
   from llm_jax.config import ConfigError
   from llm_jax.data import DataError
   from llm_jax.train.loop import NonFiniteError
 
   try:
+    if command == 'compare':  # positional runs: its own parser
+      return _compare(argv[2:])
     fv = _parse([argv[0]] + argv[2:], needs_config=command not in ('export', 'prepare'))
     if fv.config is not None:
       distributed.initialize(fv.config.distributed)  # before anything touches a device
@@ -240,6 +286,7 @@ def main(argv=None) -> int:
     ConfigError,
     DataError,
     CheckpointError,
+    CompareError,
     distributed.DistributedError,
     FileNotFoundError,
   ) as e:

@@ -100,7 +100,18 @@ def base_config() -> ml_collections.ConfigDict:
   # init_from: a workdir or export whose parameters start this run (fine-tuning; fresh optimizer).
   c.ckpt = dict(every_steps=1000, max_to_keep=3, keep_period=0, init_from='')
   # offline needs no account or network; upload later: wandb sync WORKDIR/wandb/offline-run-*
-  c.wandb = dict(mode='offline', project='llm_jax', entity='', group='', name='')
+  # The API key comes from the environment only (WANDB_API_KEY or `wandb login`).
+  c.wandb = dict(
+    mode='offline',
+    project='llm_jax',
+    entity='',
+    group='',
+    tags=(),
+    name='',  # '' = the workdir's name
+    notes='',
+    init_timeout_s=30,  # online: how long to wait for the server before going on without it
+  )
+  c.tensorboard = dict(enabled=False)  # also write WORKDIR/tensorboard (needs [tensorboard])
   c.sample = dict(prompt='\n', max_new_tokens=500, temperature=0.8, top_k=0, seed=0)
   return c
 

@@ -1,17 +1,33 @@
 """One metrics writer fanning out to WORKDIR/metrics.jsonl, Weights & Biases and the console.
 
 `metrics.jsonl` is the local source of truth (one JSON object per line, always with `step`);
-W&B is best effort: any failure to start or log becomes one warning and training goes on.
+`run.json` holds the run's facts (devices, mesh, versions, commit, size). W&B is best effort: any
+failure to start or log becomes one warning and training goes on. A resumed run continues the same
+W&B run (its id is kept in the workdir). The API key only ever comes from the environment
+(WANDB_API_KEY or `wandb login`), never from a config, so it never lands in a log or checkpoint.
 """
 
 import json
 import logging
 import pathlib
 import sys
+import uuid
 
 import tqdm
 
 METRICS_FILE = 'metrics.jsonl'
+FACTS_FILE = 'run.json'
+WANDB_ID_FILE = 'wandb_run_id'
+
+
+def _run_id(workdir: pathlib.Path) -> str:
+  """This workdir's W&B run id: made once, then reused so a resumed run continues it."""
+  path = workdir / WANDB_ID_FILE
+  if path.exists():
+    return path.read_text().strip()
+  run_id = uuid.uuid4().hex[:12]
+  path.write_text(run_id + '\n')
+  return run_id
 
 
 def _start_wandb(wandb_cfg, workdir: pathlib.Path, config: dict):
@@ -23,14 +39,28 @@ def _start_wandb(wandb_cfg, workdir: pathlib.Path, config: dict):
       project=wandb_cfg.project,
       entity=wandb_cfg.entity or None,
       group=wandb_cfg.group or None,
+      tags=list(wandb_cfg.tags) or None,
+      notes=wandb_cfg.notes or None,
       name=wandb_cfg.name or workdir.name,
+      id=_run_id(workdir),
+      resume='allow',
       dir=str(workdir),
       config=config,
-      settings=wandb.Settings(silent=True),
+      settings=wandb.Settings(silent=True, init_timeout=wandb_cfg.init_timeout_s),
     )
   except Exception as e:  # noqa: BLE001 -- tracking must never stop training
-    logging.warning('W&B disabled for this run: %s', e)
+    logging.warning('W&B disabled for this run: %s', str(e).splitlines()[0] if str(e) else e)
     return None
+
+
+def _start_tensorboard(workdir: pathlib.Path):
+  """A TensorBoard event writer in WORKDIR/tensorboard (`pip install 'llm_jax[tensorboard]'`)."""
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    logging.warning("TensorBoard output needs tensorboardX: pip install 'llm_jax[tensorboard]'")
+    return None
+  return SummaryWriter(str(workdir / 'tensorboard'))
 
 
 def drop_rows_after(workdir: pathlib.Path, step: int) -> None:
@@ -53,6 +83,7 @@ class Tracker:
     self._wandb = None
     if active and cfg.wandb.mode != 'disabled':
       self._wandb = _start_wandb(cfg.wandb, workdir, cfg.to_dict())
+    self._tensorboard = _start_tensorboard(workdir) if active and cfg.tensorboard.enabled else None
     self._bar = tqdm.tqdm(
       total=total_steps,
       disable=not active,
@@ -75,6 +106,10 @@ class Tracker:
       except Exception as e:  # noqa: BLE001
         logging.warning('W&B logging failed, continuing without it: %s', e)
         self._wandb = None
+    if self._tensorboard is not None:
+      for key, value in metrics.items():
+        if value is not None:
+          self._tensorboard.add_scalar(key, float(value), int(step))
     shown = {
       k: f'{v:.4g}' for k, v in metrics.items() if k in ('loss', 'eval_loss', 'tokens_per_sec')
     }
@@ -89,14 +124,31 @@ class Tracker:
     if self.active:
       self._bar.write(text, file=sys.stdout)
 
-  def summary(self, **values) -> None:
+  def facts(self, workdir: pathlib.Path, **facts) -> None:
+    """The run's facts, to `run.json` and the W&B run's config (under `facts`)."""
+    if not self.active:
+      return
+    (workdir / FACTS_FILE).write_text(json.dumps(facts, indent=2) + '\n')
     if self._wandb is not None:
-      self._wandb.summary.update(values)
+      try:
+        self._wandb.config.update({'facts': facts}, allow_val_change=True)
+      except Exception as e:  # noqa: BLE001
+        logging.warning('W&B could not record the run facts: %s', e)
+
+  def summary(self, **values) -> None:
+    """Final values (metrics, the sample text) as the W&B run's summary."""
+    if self._wandb is not None:
+      try:
+        self._wandb.summary.update(values)
+      except Exception as e:  # noqa: BLE001
+        logging.warning('W&B could not record the summary: %s', e)
 
   def close(self) -> None:
     if not self.active:
       return
     self._bar.close()
     self._file.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
     if self._wandb is not None:
       self._wandb.finish()

@@ -1,9 +1,11 @@
 """The training loop: validate, build, compile, step, log, evaluate, sample."""
 
 import collections
+import importlib.metadata
 import json
 import pathlib
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ CONFIG_FILE = config_lib.CONFIG_FILE
 # Steps dispatched ahead of the host. Two keep the device busy; an unbounded queue holds every
 # pending batch in memory and deadlocks XLA's CPU collectives on many fake devices.
 MAX_IN_FLIGHT = 2
+VERSIONED = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'llm_jax')  # in run facts
 
 
 def batch_sharding(mesh, rules=sharding.DEFAULT_RULES, ndim: int = 2):
@@ -175,13 +178,42 @@ class Trainer:
     return tok.decode(np.asarray(ids))
 
 
-def _log_facts(tracker, trainer, compile_s: float) -> None:
+def _git_commit() -> str | None:
+  """The commit of the llm_jax source tree, when it is a git checkout."""
+  try:
+    out = subprocess.run(
+      ['git', 'rev-parse', 'HEAD'],
+      cwd=pathlib.Path(__file__).parent,
+      capture_output=True,
+      text=True,
+      timeout=5,
+    )
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return out.stdout.strip() or None
+
+
+def _log_facts(tracker, trainer, workdir: pathlib.Path, compile_s: float) -> None:
   n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
   tracker.print(trainer.task.describe())
   tracker.print(
     f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh '
     f'{dict(trainer.mesh.shape)}, {n_params / 1e6:.2f}M parameters, vocab '
     f'{trainer.task.perf_cfg.vocab_size}, train step compiled in {compile_s:.1f}s'
+  )
+  tracker.facts(
+    workdir,
+    task=trainer.task.name,
+    data=trainer.task.describe(),
+    devices=jax.device_count(),
+    processes=jax.process_count(),
+    device_kind=jax.devices()[0].device_kind,
+    mesh=dict(trainer.mesh.shape),
+    parameters=int(n_params),
+    flops_per_token=perf.flops_per_token(trainer.task.perf_cfg, trainer.cfg.data.seq_len),
+    compile_s=compile_s,
+    versions={name: importlib.metadata.version(name) for name in VERSIONED},
+    git_commit=_git_commit(),
   )
 
 
@@ -379,7 +411,7 @@ def train(cfg, workdir) -> dict:
     if start:
       tracker.print(f'resumed from {ckpt.directory / str(start)}')
       tracker.advance(start)
-    _log_facts(tracker, trainer, trainer.compile())
+    _log_facts(tracker, trainer, workdir, trainer.compile())
     with StopRequest() as stop:
       last = _run_steps(trainer, ckpt, tracker, start, stop)
     preempted = 'preempted_at' in last
