@@ -26,6 +26,8 @@ commands:
                              --config.init_from=runs/bert
   bench   time a train step: llm-jax bench --config configs/gpt_tiny.py [--steps 20]
   export  params only:       llm-jax export --workdir runs/tiny --out exports/tiny
+  launch  an experiment:     llm-jax launch experiments/shakespeare_lr_sweep.py
+                             [--target=local|tpu|slurm --dry_run --only=RUN_NAME]
   compare runs side by side: llm-jax compare runs/a runs/b [--plot loss.png --metric eval_loss
                              --x step|tokens|time --log --smooth N --format table|markdown|csv]
                              [--wandb ENTITY/PROJECT --filter group=NAME]
@@ -240,6 +242,18 @@ def _compare(args) -> int:
   return 0
 
 
+def _launch(args) -> int:
+  from llm_jax import launch
+
+  parser = _ArgumentParser(prog='llm-jax launch', description='Launch an experiment.')
+  parser.add_argument('experiment', help='experiments/NAME.py')
+  parser.add_argument('--target', choices=launch.TARGETS, help="default: the experiment's own")
+  parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  parser.add_argument('--only', help='launch only the run of this name')
+  a = parser.parse_args(args)
+  return launch.launch(a.experiment, target=a.target, dry_run=a.dry_run, only=a.only)
+
+
 def _export(fv) -> int:
   from llm_jax.train import loop
 
@@ -258,13 +272,16 @@ COMMANDS = {
 }
 
 
+ARGUMENT_COMMANDS = {'compare': _compare, 'launch': _launch}
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ('-h', '--help', 'help'):
     print(USAGE)
     return 0 if len(argv) >= 2 else 2
   command = argv[1]
-  if command not in COMMANDS and command != 'compare':
+  if command not in COMMANDS and command not in ARGUMENT_COMMANDS:
     print(f'llm-jax: unknown command {command!r}\n{USAGE}', file=sys.stderr)
     return 2
   from llm_jax import distributed
@@ -272,11 +289,12 @@ def main(argv=None) -> int:
   from llm_jax.compare import CompareError
   from llm_jax.config import ConfigError
   from llm_jax.data import DataError
+  from llm_jax.launch import LaunchError
   from llm_jax.train.loop import NonFiniteError
 
   try:
-    if command == 'compare':  # positional runs: its own parser
-      return _compare(argv[2:])
+    if command in ARGUMENT_COMMANDS:  # positional arguments: their own parsers
+      return ARGUMENT_COMMANDS[command](argv[2:])
     fv = _parse([argv[0]] + argv[2:], needs_config=command not in ('export', 'prepare'))
     if fv.config is not None:
       distributed.initialize(fv.config.distributed)  # before anything touches a device
@@ -287,6 +305,7 @@ def main(argv=None) -> int:
     DataError,
     CheckpointError,
     CompareError,
+    LaunchError,
     distributed.DistributedError,
     FileNotFoundError,
   ) as e:
