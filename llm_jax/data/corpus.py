@@ -7,6 +7,7 @@ stage directions dropped), and split train/validation by play so validation text
 """
 
 import dataclasses
+import functools
 import importlib.util
 import pathlib
 import re
@@ -79,19 +80,20 @@ def markdown_to_text(markdown: str) -> str:
   return '\n\n'.join(speeches) + '\n'
 
 
-def load_plays(root: pathlib.Path | None = None) -> list[Play]:
+@functools.cache  # the files never change under a process; parsing them takes ~0.3 s
+def load_plays(root: pathlib.Path | None = None) -> tuple[Play, ...]:
   """Every play under `root` (default: the embedded corpus), sorted by genre then name."""
   root = root or plays_dir()
   files = sorted(root.glob('*/*.md'))
   if not files:
     raise FileNotFoundError(f'no plays found under {root}')
-  return [
+  return tuple(
     Play(name=f.stem, genre=f.parent.name, text=markdown_to_text(f.read_text(encoding='utf-8')))
     for f in files
-  ]
+  )
 
 
-def split_plays(plays: list[Play]) -> tuple[list[Play], list[Play]]:
+def split_plays(plays) -> tuple[list[Play], list[Play]]:
   """(train, validation) with VALIDATION_PLAYS held out."""
   names = {p.name for p in plays}
   missing = sorted(set(VALIDATION_PLAYS) - names)
