@@ -15,7 +15,7 @@ from llm_jax.data.tokenizer import Tokenizer
 
 TOKENIZER_FILE = tokens.TOKENIZER
 
-__all__ = ['DataError', 'Dataset', 'Tokenizer', 'load', 'load_tokenizer', 'TOKENIZER_FILE']
+__all__ = ['DataError', 'Dataset', 'Tokenizer', 'load', 'TOKENIZER_FILE']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +65,3 @@ def load(data_cfg, workdir: pathlib.Path | None = None) -> Dataset:
   if data_cfg.path:
     return _from_path(data_cfg, saved)
   return _from_source(data_cfg, saved)
-
-
-def load_tokenizer(data_cfg) -> Tokenizer:
-  """The tokenizer a run of `data_cfg` would use, without tokenizing the corpus when avoidable."""
-  if data_cfg.path:
-    return tokens.open_prepared(data_cfg.path).tokenizer
-  return prepare.build_tokenizer(sources.open_source(data_cfg), data_cfg)

@@ -104,11 +104,6 @@ def split_plays(plays) -> tuple[list[Play], list[Play]]:
   return train, val
 
 
-def join(plays: list[Play]) -> str:
-  """Plays concatenated into one training text, a blank line between them."""
-  return '\n'.join(p.text for p in plays)
-
-
 def passages(text: str, chars: int) -> list[str]:
   """Consecutive whole lines of `text` grouped into passages of about `chars` characters (at
   least half that; a shorter tail is dropped)."""

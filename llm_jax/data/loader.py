@@ -65,7 +65,7 @@ class Order:
   of epochs, each a fresh Grain index shuffle of the `num_items` items."""
 
   def __init__(self, num_items: int, batch_size: int, seed: int):
-    self.num_items, self.batch_size = num_items, batch_size
+    self.batch_size = batch_size
     self._order = grain.MapDataset.range(num_items).shuffle(seed=seed).repeat()
 
   def indices(self, step: int, rows: slice = slice(None)) -> list[int]:

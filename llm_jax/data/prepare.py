@@ -21,8 +21,9 @@ from llm_jax.data.errors import DataError
 CHUNK_CHARS = 4 << 20  # text per work item: large enough to amortise inter-process traffic
 
 
-def chunks(docs: Iterable[str], chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
-  """Consecutive documents grouped into lists of about `chars` characters."""
+def chunks(docs: Iterable[str], chars: int | None = None) -> Iterator[list[str]]:
+  """Consecutive documents grouped into lists of about `chars` (default CHUNK_CHARS) characters."""
+  chars = chars or CHUNK_CHARS
   batch, size = [], 0
   for doc in docs:
     batch.append(doc)
@@ -116,4 +117,4 @@ def prepare(
     bar.close()
     splits[split] = writer.summary()
   _check_splits(data_cfg.source, source.val_fraction, {k: v['tokens'] for k, v in splits.items()})
-  return tokens.write_manifest(out, source=data_cfg.source, tok=tok, dtype=tok.dtype, splits=splits)
+  return tokens.write_manifest(out, source=data_cfg.source, tok=tok, splits=splits)

@@ -85,12 +85,13 @@ class ShardWriter:
     return {'tokens': self.tokens, 'documents': self.documents, 'shards': self.shards}
 
 
-def write_manifest(out: pathlib.Path, *, source: str, tok, dtype, splits: dict) -> dict:
+def write_manifest(out: pathlib.Path, *, source: str, tok, splits: dict) -> dict:
+  """manifest.json (last: its presence marks a complete prepare) and tokenizer.json in `out`."""
   manifest = {
     'format': FORMAT,
     'source': source,
     'tokenizer': {'kind': tok.kind, 'vocab_size': tok.vocab_size, 'eos_id': tok.eos_id},
-    'dtype': np.dtype(dtype).name,
+    'dtype': np.dtype(tok.dtype).name,  # what ShardWriter wrote
     'splits': splits,
   }
   tok.save(out / TOKENIZER)
