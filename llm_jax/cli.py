@@ -189,7 +189,7 @@ def _prepare(fv) -> int:
   if not fv.out:
     raise UsageError('prepare needs --out DIR (and --source, default shakespeare)')
   d = config.base_config().data
-  d.update({k: fv[k].value for k in d if k in fv and k not in ('seq_len', 'prefetch')})
+  d.update({k: fv[k].value for k in d if k in fv})  # the data.* keys prepare has flags for
   config.validate_data(d)
   manifest = prepare.prepare(d, fv.out, workers=fv.workers, progress=sys.stderr.isatty())
   splits = manifest['splits']

@@ -38,7 +38,7 @@ def flatten(tree: dict, prefix: str = '') -> dict:
     if isinstance(value, dict):
       flat.update(flatten(value, name + '.'))
     else:
-      flat[name] = tuple(map(_hashable, value)) if isinstance(value, list) else value
+      flat[name] = _hashable(value)
   return flat
 
 

@@ -132,12 +132,19 @@ def train_command(exp: Experiment, run: Run) -> list[str]:
   return args + [f'--config.{k}={v}' for k, v in run.overrides.items()]
 
 
-def tpu_commands(exp: Experiment, run: Run, index: int, commit: str) -> list[list[str]]:
-  """tpu_scripts calls that create run `index`'s slice, set up its workers at `commit`, and
-  launch the run on all of them. Each run of a sweep gets a slice of its own."""
+def tpu_slices(exp: Experiment, runs: list[Run]) -> dict[str, str]:
+  """{run name: TPU slice name}: each run of a sweep gets a slice of its own."""
   name = exp.tpu.get('name', exp.name.replace('_', '-'))
+  if len(runs) == 1:
+    return {runs[0].name: name}
+  return {run.name: f'{name}-{i}' for i, run in enumerate(runs)}
+
+
+def tpu_commands(exp: Experiment, run: Run, tpu_name: str, commit: str) -> list[list[str]]:
+  """tpu_scripts calls that create the slice `tpu_name`, set up its workers at `commit`, and
+  launch the run on all of them."""
   env = {
-    'TPU_NAME': f'{name}-{index}' if len(expand(exp)) > 1 else name,
+    'TPU_NAME': tpu_name,
     'ACCELERATOR': exp.tpu.get('accelerator', 'v4-8'),
     'RUNTIME': exp.tpu.get('runtime', 'tpu-ubuntu2204-base'),
     'ZONE': exp.tpu.get('zone', 'us-central2-b'),
@@ -198,19 +205,19 @@ def launch(path, *, target: str | None, dry_run: bool, only: str | None, out=sys
   target = target or exp.target
   if target not in TARGETS:
     raise LaunchError(f'--target={target!r} must be one of {", ".join(TARGETS)}')
-  runs = expand(exp)
-  check(exp, runs)
-  if only:
-    runs = [r for r in runs if r.name == only]
-    if not runs:
-      raise LaunchError(f'--only={only}: no run of that name in {exp.name}')
-  indices = {r.name: i for i, r in enumerate(expand(exp))}
+  every_run = expand(exp)
+  check(exp, every_run)
+  runs = [r for r in every_run if r.name == only] if only else every_run
+  if not runs:
+    raise LaunchError(f'--only={only}: no run of that name in {exp.name}')
+  if target == 'tpu':
+    slices, commit = tpu_slices(exp, every_run), _commit()
   for run in runs:
     if target == 'local':
       commands = [train_command(exp, run)]
     elif target == 'tpu':
       # The scripts print their gcloud commands; with DRY_RUN=1 that is all they do.
-      commands = tpu_commands(exp, run, indices[run.name], _commit())
+      commands = tpu_commands(exp, run, slices[run.name], commit)
       commands = [[c[0], f'DRY_RUN={int(dry_run)}', *c[1:]] for c in commands]
     else:
       script = pathlib.Path(exp.slurm.get('script_dir', 'slurm_jobs')) / f'{run.name}.sbatch'

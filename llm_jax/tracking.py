@@ -79,6 +79,7 @@ class Tracker:
 
   def __init__(self, workdir: pathlib.Path, cfg, *, total_steps: int, active: bool = True):
     self.active = active
+    self._workdir = workdir
     self._file = open(workdir / METRICS_FILE, 'a', encoding='utf-8') if active else None
     self._wandb = None
     if active and cfg.wandb.mode != 'disabled':
@@ -124,11 +125,11 @@ class Tracker:
     if self.active:
       self._bar.write(text, file=sys.stdout)
 
-  def facts(self, workdir: pathlib.Path, **facts) -> None:
+  def facts(self, **facts) -> None:
     """The run's facts, to `run.json` and the W&B run's config (under `facts`)."""
     if not self.active:
       return
-    (workdir / FACTS_FILE).write_text(json.dumps(facts, indent=2) + '\n')
+    (self._workdir / FACTS_FILE).write_text(json.dumps(facts, indent=2) + '\n')
     if self._wandb is not None:
       try:
         self._wandb.config.update({'facts': facts}, allow_val_change=True)

@@ -39,7 +39,7 @@ def test_offline_run_holds_config_and_metrics_and_a_resumed_run_continues_it(tmp
   for step in (1, 2):  # the second tracker is a resumed run on the same workdir
     tracker = tracking.Tracker(tmp_path, cfg, total_steps=10)
     tracker.log(step, loss=3.0 - step)
-    tracker.facts(tmp_path, parameters=123)
+    tracker.facts(parameters=123)
     tracker.close()
   run_id = (tmp_path / tracking.WANDB_ID_FILE).read_text().strip()
   files = sorted((tmp_path / 'wandb').glob('offline-run-*/run-*.wandb'))
@@ -69,7 +69,7 @@ def test_the_api_key_from_the_environment_never_reaches_the_run_files(tmp_path, 
   cfg.wandb.mode = 'offline'
   tracker = tracking.Tracker(tmp_path, cfg, total_steps=10)
   tracker.log(1, loss=3.0)
-  tracker.facts(tmp_path, parameters=1)
+  tracker.facts(parameters=1)
   tracker.close()
   written = [f for f in tmp_path.rglob('*') if f.is_file()]
   assert written and not [f for f in written if b'SECRET0123' in f.read_bytes()]

@@ -15,7 +15,7 @@ from llm_jax.data.tokenizer import Tokenizer
 
 TOKENIZER_FILE = tokens.TOKENIZER
 
-__all__ = ['DataError', 'Dataset', 'Tokenizer', 'load', 'TOKENIZER_FILE']
+__all__ = ['DataError', 'Dataset', 'Tokenizer', 'load', 'source_tokenizer', 'TOKENIZER_FILE']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,14 +43,19 @@ def _from_path(data_cfg, saved: pathlib.Path | None) -> Dataset:
   return Dataset(prepared.splits['train'], prepared.splits['validation'], tok, str(prepared.path))
 
 
+def source_tokenizer(source, data_cfg, saved: pathlib.Path | None) -> Tokenizer:
+  """The tokenizer already at `saved`, or data.tokenizer built from `source` (and saved there)."""
+  if saved and saved.exists():
+    return tokenizer_lib.load(saved)
+  tok = prepare.build_tokenizer(source, data_cfg)
+  if saved:
+    tok.save(saved)
+  return tok
+
+
 def _from_source(data_cfg, saved: pathlib.Path | None) -> Dataset:
   source = sources.open_source(data_cfg)
-  if saved and saved.exists():
-    tok = tokenizer_lib.load(saved)
-  else:
-    tok = prepare.build_tokenizer(source, data_cfg)
-    if saved:
-      tok.save(saved)
+  tok = source_tokenizer(source, data_cfg, saved)
   streams = prepare.tokenize(source, tok)
   return Dataset(streams['train'], streams['validation'], tok, data_cfg.source)
 

@@ -19,6 +19,7 @@ from flax import nnx
 from llm_jax import checkpoint, data, generate, perf, sharding, tracking
 from llm_jax import config as config_lib
 from llm_jax.data import loader
+from llm_jax.data import tokenizer as tokenizer_lib
 from llm_jax.train import optim, tasks
 from llm_jax.train import step as step_lib
 
@@ -110,9 +111,10 @@ class Trainer:
     if is_writer:
       workdir.mkdir(parents=True, exist_ok=True)
     self.task = tasks.make(cfg, workdir if is_writer else None)
-    self.model_cfg = self.task.model_cfg
     self.mesh = sharding.make_mesh(cfg.mesh)
-    self.steps = build_steps(cfg, self.model_cfg, self.mesh, self.task.loss, self.task.evaluate)
+    self.steps = build_steps(
+      cfg, self.task.model_cfg, self.mesh, self.task.loss, self.task.evaluate
+    )
     self.train_step = self.steps.train
     self.global_shapes = self.task.shapes(cfg.train.batch_size)
     self.rows = self._rows(cfg.train.batch_size)
@@ -125,7 +127,7 @@ class Trainer:
     ]
 
   def _rows(self, batch_size: int) -> slice:
-    return local_rows(batch_sharding(self.mesh, self.cfg.mesh.rules, 1), (batch_size,))
+    return local_rows(self.array_sharding(1), (batch_size,))
 
   def array_sharding(self, ndim: int):
     """How a batch array of `ndim` dimensions is placed: rows over the data axes."""
@@ -193,7 +195,7 @@ def _git_commit() -> str | None:
   return out.stdout.strip() or None
 
 
-def _log_facts(tracker, trainer, workdir: pathlib.Path, compile_s: float) -> None:
+def _log_facts(tracker, trainer, compile_s: float) -> None:
   n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
   tracker.print(trainer.task.describe())
   tracker.print(
@@ -202,7 +204,6 @@ def _log_facts(tracker, trainer, workdir: pathlib.Path, compile_s: float) -> Non
     f'{trainer.task.perf_cfg.vocab_size}, train step compiled in {compile_s:.1f}s'
   )
   tracker.facts(
-    workdir,
     task=trainer.task.name,
     data=trainer.task.describe(),
     devices=jax.device_count(),
@@ -265,7 +266,7 @@ def export(workdir, out) -> pathlib.Path:
     cfg = config_lib.from_json((workdir / CONFIG_FILE).read_text())
   except FileNotFoundError:
     raise FileNotFoundError(f'{workdir / CONFIG_FILE} not found: is {workdir} a run?') from None
-  model_cfg = tasks.make(cfg, workdir).model_cfg
+  model_cfg = tasks.run_model_config(cfg, tokenizer_lib.load(workdir / data.TOKENIZER_FILE))
   # Gathered onto one device whatever mesh trained it: the export serves inference anywhere.
   single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   one_device = sharding.make_mesh(single, jax.devices()[:1])
@@ -411,7 +412,7 @@ def train(cfg, workdir) -> dict:
     if start:
       tracker.print(f'resumed from {ckpt.directory / str(start)}')
       tracker.advance(start)
-    _log_facts(tracker, trainer, workdir, trainer.compile())
+    _log_facts(tracker, trainer, trainer.compile())
     with StopRequest() as stop:
       last = _run_steps(trainer, ckpt, tracker, start, stop)
     preempted = 'preempted_at' in last

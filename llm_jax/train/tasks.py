@@ -23,6 +23,7 @@ from llm_jax import config as config_lib
 from llm_jax import data, models
 from llm_jax.data import labelled, loader, sources
 from llm_jax.data import tokenizer as tokenizer_lib
+from llm_jax.models.bert import BERTConfig
 from llm_jax.models.classifier import ClassifierConfig, backbone_params
 
 ENCODER_SPECIALS = 2  # [CLS] and [MASK], given the ids after the tokenizer's vocabulary
@@ -240,14 +241,41 @@ class MaskedLanguageModel(PretrainingTask):
     return {'loss': loss, 'mlm_accuracy': acc}
 
 
-def _init_run(source: str):
-  """(config, tokenizer) of the run or export in `source`, for ckpt.init_from."""
-  path = pathlib.Path(source)
+def _init_config(source: str):
+  """The config of the run or export in `source`, for ckpt.init_from."""
   try:
-    cfg = config_lib.from_json((path / config_lib.CONFIG_FILE).read_text())
+    return config_lib.from_json((pathlib.Path(source) / config_lib.CONFIG_FILE).read_text())
   except FileNotFoundError:
     raise FileNotFoundError(f'ckpt.init_from={source}: no config.json there (not a run)') from None
-  return cfg, tokenizer_lib.load(path / data.TOKENIZER_FILE)
+
+
+def classifier_backbone(cfg, init_cfg, tok):
+  """The backbone a classifier of `cfg` fine-tunes: `init_cfg`'s model (ckpt.init_from's run)
+  with fine-tuning's own shape-free settings, or `cfg.model` when there is none."""
+  section = cfg.model
+  if init_cfg is not None:
+    section = init_cfg.model
+    section.unlock()
+    for key in config_lib.SHAPE_FREE_MODEL_KEYS:
+      section[key] = cfg.model[key]
+  backbone = model_config(section, tok)
+  if cfg.data.seq_len > backbone.block_size:
+    raise config_lib.ConfigError(
+      f'data.seq_len={cfg.data.seq_len} is longer than the position table of the'
+      f' {"model" if init_cfg is None else "ckpt.init_from"} model'
+      f' (block_size={backbone.block_size})'
+    )
+  return backbone
+
+
+def run_model_config(cfg, tok):
+  """The model a run of `cfg` trains, from its tokenizer and config alone (a classifier also
+  reads its class names): what `export` rebuilds without loading the run's data."""
+  if task_name(cfg) != 'classify':
+    return model_config(cfg.model, tok)
+  init_cfg = _init_config(cfg.ckpt.init_from) if cfg.ckpt.init_from else None
+  names = labelled.classes(sources.open_source(cfg.data), cfg.data.classes)
+  return ClassifierConfig(classifier_backbone(cfg, init_cfg, tok), len(names))
 
 
 class Classification(Task):
@@ -261,29 +289,16 @@ class Classification(Task):
     source = sources.open_source(d)
     self.origin = d.source
     init = cfg.ckpt.init_from
+    saved = workdir / data.TOKENIZER_FILE if workdir else None
     if init:
-      init_cfg, self.tokenizer = _init_run(init)
-      model_section = init_cfg.model
-      model_section.unlock()
-      for key in config_lib.SHAPE_FREE_MODEL_KEYS:  # fine-tuning's own choices
-        model_section[key] = cfg.model[key]
-      self.family = model_section.name
+      init_cfg = _init_config(init)
+      self.tokenizer = tokenizer_lib.load(pathlib.Path(init) / data.TOKENIZER_FILE)
+      if saved:
+        self.tokenizer.save(saved)
     else:
-      saved = workdir / data.TOKENIZER_FILE if workdir else None
-      self.tokenizer = (
-        tokenizer_lib.load(saved)
-        if saved and saved.exists()
-        else tokenizer_lib.build(d.tokenizer, d.vocab_size, source.documents('train'))
-      )
-      model_section, self.family = cfg.model, cfg.model.name
-    if workdir:
-      self.tokenizer.save(workdir / data.TOKENIZER_FILE)
-    backbone = model_config(model_section, self.tokenizer)
-    if d.seq_len > backbone.block_size:
-      raise config_lib.ConfigError(
-        f'data.seq_len={d.seq_len} is longer than the position table of the'
-        f' {"ckpt.init_from" if init else "model"} model (block_size={backbone.block_size})'
-      )
+      init_cfg, self.tokenizer = None, data.source_tokenizer(source, d, saved)
+    backbone = classifier_backbone(cfg, init_cfg, self.tokenizer)
+    self.family = 'bert' if isinstance(backbone, BERTConfig) else 'gpt'
     self.classes = labelled.classes(source, d.classes)
     self.model_cfg = ClassifierConfig(backbone, len(self.classes))
     self.perf_cfg = backbone
