@@ -25,26 +25,28 @@ def reference_params(model_cfg, key):
   h, m, proj_std = d // n, model_cfg.mlp_ratio * d, 0.02 / math.sqrt(2 * L)
   keys = iter(jax.random.split(key, 2 + 4 * L))
   normal = lambda shape, std=0.02: std * jax.random.normal(next(keys), shape)
+  norm = lambda: dict(scale=jnp.ones(d), bias=jnp.zeros(d))
+  linear = lambda shape, bias, std=0.02: dict(kernel=normal(shape, std), bias=jnp.zeros(bias))
   layer = lambda: dict(
-    ln1=(jnp.ones(d), jnp.zeros(d)),
-    ln2=(jnp.ones(d), jnp.zeros(d)),
-    qkv=(normal((d, 3, n, h)), jnp.zeros((3, n, h))),
-    proj=(normal((n, h, d), proj_std), jnp.zeros(d)),
-    fc=(normal((d, m)), jnp.zeros(m)),
-    out=(normal((m, d), proj_std), jnp.zeros(d)),
+    ln1=norm(),
+    ln2=norm(),
+    qkv=linear((d, 3, n, h), (3, n, h)),
+    proj=linear((n, h, d), d, proj_std),
+    fc=linear((d, m), m),
+    out=linear((m, d), d, proj_std),
   )
   return dict(
     wte=normal((V, d)),
     wpe=normal((model_cfg.block_size, d)),
     blocks=[layer() for _ in range(L)],
-    ln_f=(jnp.ones(d), jnp.zeros(d)),
+    ln_f=norm(),
   )
 
 
-def _layer_norm(x, scale_bias):
+def _layer_norm(x, p):
   mean = x.mean(-1, keepdims=True)
   var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale_bias[0] + scale_bias[1]
+  return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p['scale'] + p['bias']
 
 
 def reference_loss(params, inputs, targets, dtype):
@@ -52,13 +54,15 @@ def reference_loss(params, inputs, targets, dtype):
   c = lambda a: a.astype(dtype)
   x = c(params['wte'])[inputs] + c(params['wpe'])[: inputs.shape[1]]
   for p in params['blocks']:
-    qkv = jnp.einsum('btd,dsnh->btsnh', c(_layer_norm(x, p['ln1'])), c(p['qkv'][0])) + c(
-      p['qkv'][1]
+    qkv = p['qkv']
+    qkv = jnp.einsum('btd,dsnh->btsnh', c(_layer_norm(x, p['ln1'])), c(qkv['kernel'])) + c(
+      qkv['bias']
     )
     y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], is_causal=True)
-    x = x + jnp.einsum('btnh,nhd->btd', y, c(p['proj'][0])) + c(p['proj'][1])
-    hid = jax.nn.gelu(c(_layer_norm(x, p['ln2'])) @ c(p['fc'][0]) + c(p['fc'][1]), approximate=True)
-    x = x + hid @ c(p['out'][0]) + c(p['out'][1])
+    x = x + jnp.einsum('btnh,nhd->btd', y, c(p['proj']['kernel'])) + c(p['proj']['bias'])
+    fc, out = p['fc'], p['out']
+    hid = c(_layer_norm(x, p['ln2'])) @ c(fc['kernel']) + c(fc['bias'])
+    x = x + jax.nn.gelu(hid, approximate=True) @ c(out['kernel']) + c(out['bias'])
   logits = (c(_layer_norm(x, params['ln_f'])) @ c(params['wte']).T).astype(jnp.float32)
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
@@ -92,7 +96,7 @@ def _reference_mismatch(cfg, model_cfg) -> str | None:
 
 def _task(cfg) -> tasks.Task:
   """The objective, model and data that `train` would use: pretraining only."""
-  if tasks.task_name(cfg) == 'classify':
+  if config_lib.task_name(cfg) == 'classify':
     raise config_lib.ConfigError('bench times pretraining steps (lm, mlm), not train.task=classify')
   return tasks.make(cfg, None)
 

@@ -8,12 +8,20 @@ complete, so an interrupted save never shows up as a step. A step that exists bu
 """
 
 import logging
-import pathlib
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from llm_jax import storage
 
 DIRECTORY = 'checkpoints'
+
+
+def directory(workdir) -> epath.Path:
+  """Where `workdir` (local path or bucket URL) keeps its checkpoints; absolute, as Orbax wants."""
+  path = storage.path(workdir) / DIRECTORY
+  return path if storage.is_bucket(workdir) else path.absolute()
 
 
 class CheckpointError(ValueError):
@@ -23,7 +31,7 @@ class CheckpointError(ValueError):
 class Checkpointer:
   """Periodic saves and restores of one run's training state."""
 
-  def __init__(self, workdir: pathlib.Path, ckpt_cfg, config_json: str = '{}'):
+  def __init__(self, workdir, ckpt_cfg, config_json: str = '{}'):
     self.every_steps = ckpt_cfg.every_steps
     self._config = config_json
     options = ocp.CheckpointManagerOptions(
@@ -31,7 +39,7 @@ class Checkpointer:
       keep_period=ckpt_cfg.keep_period or None,
       enable_async_checkpointing=True,
     )
-    self.directory = (pathlib.Path(workdir) / DIRECTORY).absolute()
+    self.directory = directory(workdir)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

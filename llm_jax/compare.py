@@ -8,11 +8,10 @@ import csv
 import dataclasses
 import io
 import json
-import pathlib
 import statistics
 
 from llm_jax import config as config_lib
-from llm_jax import tracking
+from llm_jax import storage, tracking
 
 X_AXES = ('step', 'tokens', 'time')
 FORMATS = ('table', 'markdown', 'csv')
@@ -48,7 +47,7 @@ def _hashable(value):
 
 def load_workdir(path) -> Run:
   """A run from its workdir; FileNotFoundError naming what is missing."""
-  path = pathlib.Path(path)
+  path = storage.path(path)
   files = [path / config_lib.CONFIG_FILE, path / tracking.METRICS_FILE]
   for f in files:
     if not f.is_file():

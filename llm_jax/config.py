@@ -9,16 +9,16 @@ import json
 
 import ml_collections
 
-from llm_jax import sharding
+from llm_jax import runtime, sharding, storage
 from llm_jax.data import DataError, sources
 from llm_jax.data import tokenizer as tokenizer_lib
 from llm_jax.models import MODELS
 from llm_jax.models.bert import NORMS
-from llm_jax.models.gpt import ATTENTION, DTYPES, POSITIONS
+from llm_jax.models.gpt import ATTENTION, DTYPES, POSITIONS, REMAT_POLICIES
 
 CONFIG_FILE = 'config.json'  # a run's resolved config, in its workdir
 # Model settings that leave parameter shapes alone: a run may resume, or fine-tune, with its own.
-SHAPE_FREE_MODEL_KEYS = ('dropout', 'dtype', 'attention')
+SHAPE_FREE_MODEL_KEYS = ('dropout', 'dtype', 'attention', 'remat')
 TASKS = ('lm', 'mlm', 'classify')
 PRETRAINING = {'gpt': 'lm', 'bert': 'mlm'}  # each model family's own objective
 LABELLED_SOURCES = ('genre', 'jsonl', 'tfds')  # source schemes that carry labels
@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
     attention='auto',
     norm='post',  # bert: 'post'-LN as published, or 'pre'
     type_vocab_size=2,  # bert: token-type (segment) embeddings
+    scan_layers=False,  # blocks stacked and scanned: compile time independent of depth
+    remat='none',  # recompute activations in the backward pass: none | dots_saveable | full
   )
   # Data: `source` tokenized at start-up, or `path` = shards from `llm-jax prepare` (see
   # llm_jax/data/sources.py for source specs: shakespeare, text:GLOB, jsonl:GLOB, tfds:NAME:SPLIT).
@@ -75,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     on_nonfinite='halt',  # a NaN/Inf loss or gradient: 'halt', or 'skip' that update
     task='',  # '' = the model's pretraining objective (gpt: lm, bert: mlm), or 'classify'
     mask_rate=0.15,  # mlm: share of tokens chosen for prediction
+    loss_chunk=0,  # lm: positions per cross-entropy chunk (0: whole sequence at once)
   )
   # Held-out batches per evaluation (0: none); classification scores its whole held-out split.
   c.eval = dict(every_steps=500, batches=20, batch_size=64)
@@ -112,6 +115,18 @@ def base_config() -> ml_collections.ConfigDict:
     init_timeout_s=30,  # online: how long to wait for the server before going on without it
   )
   c.tensorboard = dict(enabled=False)  # also write WORKDIR/tensorboard (needs [tensorboard])
+  # Process-wide XLA settings, applied by the CLI before JAX starts (see llm_jax/runtime.py):
+  # gpu_flags join XLA_FLAGS (other backends parse and ignore them; a flag already in XLA_FLAGS
+  # wins; '' adds none);
+  # cache_dir keeps compiled programs across runs ('' = off).
+  c.xla = dict(
+    gpu_flags=' '.join(runtime.GPU_FLAGS),
+    cache_dir=runtime.DEFAULT_CACHE_DIR,
+    cache_min_compile_s=1.0,
+  )
+  # A JAX profiler trace of `steps` steps, starting `skip` steps after the run (re)starts, into
+  # WORKDIR/profile (open with TensorBoard's profile plugin, XProf or Perfetto). 0: off.
+  c.profile = dict(steps=0, skip=5)
   c.sample = dict(prompt='\n', max_new_tokens=500, temperature=0.8, top_k=0, seed=0)
   return c
 
@@ -203,6 +218,11 @@ def validate_data(d) -> None:
     f'data.path={d.path!r} and data.source={d.source!r}: set one (prepared data or a source)',
   )
   _check(
+    not storage.is_bucket(d.path),
+    f'data.path={d.path}: prepared shards are memory-mapped, so they must be on local disk'
+    ' (copy them down first, e.g. gcloud storage cp -r)',
+  )
+  _check(
     kind != 'bpe' or d.vocab_size > 0,
     'data.tokenizer=bpe needs data.vocab_size (the vocabulary to train)',
   )
@@ -211,10 +231,15 @@ def validate_data(d) -> None:
   _check(d.prefetch >= 0, f'data.prefetch={d.prefetch} must be >= 0')
 
 
+def task_name(cfg) -> str:
+  """The objective `cfg` trains: train.task, or the model family's pretraining objective."""
+  return cfg.train.task or PRETRAINING[cfg.model.name]
+
+
 def _check_task(cfg) -> None:
   t, m = cfg.train, cfg.model
   _choice_in(t.task, 'train.task', ('', *TASKS))
-  task = t.task or PRETRAINING[m.name]
+  task = task_name(cfg)
   _check(
     task == 'classify' or task == PRETRAINING[m.name],
     f'train.task={task!r} does not train a {m.name} (its objective is {PRETRAINING[m.name]!r})',
@@ -241,6 +266,7 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   _choice(cfg, 'model', 'dtype', tuple(DTYPES))
   _choice(cfg, 'model', 'attention', ATTENTION)
   _choice(cfg, 'model', 'position', POSITIONS)
+  _choice(cfg, 'model', 'remat', tuple(REMAT_POLICIES))
   validate_data(cfg.data)
   _check_task(cfg)
   for field in ('n_layer', 'n_head', 'n_embd', 'block_size', 'mlp_ratio'):
@@ -279,6 +305,17 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   _check(0 <= o.min_lr_ratio <= 1, f'optimizer.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]')
   _check(o.weight_decay >= 0, f'optimizer.weight_decay={o.weight_decay} must be >= 0')
   _check(o.clip_norm >= 0, f'optimizer.clip_norm={o.clip_norm} must be >= 0 (0: off)')
+  _check(
+    t.loss_chunk == 0 or cfg.data.seq_len % t.loss_chunk == 0,
+    f'train.loss_chunk={t.loss_chunk} must divide data.seq_len={cfg.data.seq_len} (0: off)',
+  )
+  _check(
+    t.loss_chunk == 0 or task_name(cfg) == 'lm',
+    f'train.loss_chunk is for language models (train.task=lm), not {task_name(cfg)}',
+  )
+  _check(
+    cfg.profile.steps >= 0 and cfg.profile.skip >= 0, 'profile.steps and profile.skip must be >= 0'
+  )
   _check(
     cfg.eval.batches >= 0 and cfg.eval.every_steps >= 0,
     'eval.batches and eval.every_steps must be >= 0',

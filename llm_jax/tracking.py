@@ -1,10 +1,11 @@
 """One metrics writer fanning out to WORKDIR/metrics.jsonl, Weights & Biases and the console.
 
-`metrics.jsonl` is the local source of truth (one JSON object per line, always with `step`);
+`metrics.jsonl` is the run's own record (one JSON object per line, always with `step`);
 `run.json` holds the run's facts (devices, mesh, versions, commit, size). W&B is best effort: any
 failure to start or log becomes one warning and training goes on. A resumed run continues the same
-W&B run (its id is kept in the workdir). The API key only ever comes from the environment
-(WANDB_API_KEY or `wandb login`), never from a config, so it never lands in a log or checkpoint.
+W&B run (its id is kept in the workdir; for a bucket workdir W&B's own files stay on local disk).
+The API key only ever comes from the environment (WANDB_API_KEY or `wandb login`), never from a
+config, so it never lands in a log or checkpoint.
 """
 
 import json
@@ -14,13 +15,16 @@ import sys
 import uuid
 
 import tqdm
+from etils import epath
+
+from llm_jax import storage
 
 METRICS_FILE = 'metrics.jsonl'
 FACTS_FILE = 'run.json'
 WANDB_ID_FILE = 'wandb_run_id'
 
 
-def _run_id(workdir: pathlib.Path) -> str:
+def _run_id(workdir) -> str:
   """This workdir's W&B run id: made once, then reused so a resumed run continues it."""
   path = workdir / WANDB_ID_FILE
   if path.exists():
@@ -30,7 +34,14 @@ def _run_id(workdir: pathlib.Path) -> str:
   return run_id
 
 
-def _start_wandb(wandb_cfg, workdir: pathlib.Path, config: dict):
+def _wandb_dir(workdir: epath.Path) -> pathlib.Path:
+  """W&B's files: in the workdir, or on local disk for a bucket workdir (wandb sync reads files)."""
+  directory = storage.local_dir(workdir)
+  directory.mkdir(parents=True, exist_ok=True)
+  return directory
+
+
+def _start_wandb(wandb_cfg, workdir: epath.Path, config: dict):
   try:
     import wandb
 
@@ -44,7 +55,7 @@ def _start_wandb(wandb_cfg, workdir: pathlib.Path, config: dict):
       name=wandb_cfg.name or workdir.name,
       id=_run_id(workdir),
       resume='allow',
-      dir=str(workdir),
+      dir=str(_wandb_dir(workdir)),
       config=config,
       settings=wandb.Settings(silent=True, init_timeout=wandb_cfg.init_timeout_s),
     )
@@ -53,7 +64,7 @@ def _start_wandb(wandb_cfg, workdir: pathlib.Path, config: dict):
     return None
 
 
-def _start_tensorboard(workdir: pathlib.Path):
+def _start_tensorboard(workdir: epath.Path):
   """A TensorBoard event writer in WORKDIR/tensorboard (`pip install 'llm_jax[tensorboard]'`)."""
   try:
     from tensorboardX import SummaryWriter
@@ -63,7 +74,7 @@ def _start_tensorboard(workdir: pathlib.Path):
   return SummaryWriter(str(workdir / 'tensorboard'))
 
 
-def drop_rows_after(workdir: pathlib.Path, step: int) -> None:
+def drop_rows_after(workdir: epath.Path, step: int) -> None:
   """Removes rows logged after `step`: a run restored to `step` logs those steps again."""
   path = workdir / METRICS_FILE
   if not path.exists():
@@ -77,10 +88,10 @@ def drop_rows_after(workdir: pathlib.Path, step: int) -> None:
 class Tracker:
   """Writes metric rows and drives the progress bar; a no-op on processes other than 0."""
 
-  def __init__(self, workdir: pathlib.Path, cfg, *, total_steps: int, active: bool = True):
+  def __init__(self, workdir: epath.Path, cfg, *, total_steps: int, active: bool = True):
     self.active = active
     self._workdir = workdir
-    self._file = open(workdir / METRICS_FILE, 'a', encoding='utf-8') if active else None
+    self._file = storage.AppendFile(workdir / METRICS_FILE) if active else None
     self._wandb = None
     if active and cfg.wandb.mode != 'disabled':
       self._wandb = _start_wandb(cfg.wandb, workdir, cfg.to_dict())

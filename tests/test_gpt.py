@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,7 +7,9 @@ import pytest
 from flax import nnx
 
 from llm_jax import models, perf
+from llm_jax.models.bert import BERTConfig
 from llm_jax.models.gpt import GPTConfig, attention_implementation
+from llm_jax.train import tasks
 
 LOGICAL_AXES = {'vocab', 'embed', 'heads', 'kv', 'mlp', 'layers', None}
 
@@ -110,3 +114,55 @@ def test_segment_ids_keep_each_document_to_itself(position):
   np.testing.assert_allclose(out[:, :6], model(a), atol=1e-5)
   np.testing.assert_allclose(out[:, 6:], model(b), atol=1e-5)
   assert not np.allclose(model(packed)[:, 6:], model(b), atol=1e-3)  # unmasked, b sees a
+
+
+def stacked(pure: dict) -> dict:
+  """Per-layer parameters (blocks/0, blocks/1, ...) in scan_layers' layout: one leading axis."""
+  if 'blocks' not in pure:
+    return {k: stacked(v) if isinstance(v, dict) else v for k, v in pure.items()}
+  layers = (v for _, v in sorted(pure['blocks'].items()))
+  return {**pure, 'blocks': jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def loss_and_grads(cfg, pure_params, x):
+  """Cross-entropy with dropout on (fixed keys), and its gradients, as pure dicts."""
+  graphdef, params = nnx.split(models.build(cfg, seed=1), nnx.Param)
+  nnx.replace_by_pure_dict(params, pure_params)
+
+  def loss(params):
+    logits = nnx.merge(graphdef, params)(x[:, :-1], rngs=nnx.Rngs(dropout=7))
+    return tasks.cross_entropy(logits, x[:, 1:])
+
+  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  return value, nnx.to_pure_dict(grads)
+
+
+@pytest.mark.parametrize(
+  'name, remat', [('gpt', 'none'), ('gpt', 'dots_saveable'), ('gpt', 'full'), ('bert', 'full')]
+)
+def test_scanned_and_rematerialised_blocks_compute_the_loops_loss_and_gradients(name, remat):
+  family = BERTConfig if name == 'bert' else GPTConfig
+  cfg = family(vocab_size=50, block_size=32, n_layer=3, n_head=4, n_embd=32, dropout=0.1)
+  loop_params = nnx.to_pure_dict(nnx.state(models.build(cfg, seed=0), nnx.Param))
+  x = tokens(t=17)
+  ref_loss, ref_grads = loss_and_grads(cfg, loop_params, x)
+  scan_cfg = dataclasses.replace(cfg, scan_layers=True, remat=remat)
+  loss, grads = loss_and_grads(scan_cfg, stacked(loop_params), x)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(stacked(ref_grads)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_scanned_blocks_stack_the_loops_initial_values_on_a_leading_layers_axis():
+  model = models.build(small(scan_layers=True, n_layer=3), seed=0)
+  pure = lambda m: nnx.to_pure_dict(nnx.state(m, nnx.Param))
+  expected = stacked(pure(models.build(small(n_layer=3), seed=0)))
+  jax.tree.map(np.testing.assert_array_equal, pure(model), expected)
+  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  fc = flat[('blocks', 'mlp', 'fc', 'kernel')]
+  assert fc.shape == (3, 32, 128)
+  assert tuple(fc.get_metadata()['out_sharding']) == ('layers', 'embed', 'mlp')
+  assert tuple(flat[('blocks', 'ln_1', 'scale')].get_metadata()['out_sharding']) == (
+    'layers',
+    'embed',
+  )

@@ -4,9 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from llm_jax import checkpoint, config
+from llm_jax import checkpoint, config, models
 from llm_jax.data import DataError
+from llm_jax.models.gpt import GPTConfig
 from llm_jax.train import loop, tasks
 from tests.test_train import read_rows
 
@@ -117,3 +119,22 @@ def test_tfds_labels_take_the_datasets_class_names(tmp_path):
   assert task.classes == ('neg', 'pos') and task.model_cfg.num_classes == 2
   assert len(task.train_examples['labels']) == 30 and task.num_eval_examples == 10
   assert set(task.train_examples['labels'].tolist()) <= {0, 1}
+
+
+def test_chunked_cross_entropy_equals_the_plain_loss_and_holds_fewer_logits():
+  cfg = GPTConfig(vocab_size=2048, block_size=64, n_layer=1, n_head=2, n_embd=32)
+  graphdef, params = nnx.split(models.build(cfg, seed=0), nnx.Param)
+  x = jax.random.randint(jax.random.key(0), (16, 65), 0, 2048)
+  batch = {'inputs': x[:, :-1], 'targets': x[:, 1:]}
+
+  def grad_fn(chunk):
+    loss = lambda p: tasks.lm_loss(nnx.merge(graphdef, p), batch, None, None, chunk=chunk)[0]
+    return jax.jit(jax.value_and_grad(loss))
+
+  (plain, plain_grads), (chunked, chunked_grads) = grad_fn(0)(params), grad_fn(8)(params)
+  np.testing.assert_allclose(chunked, plain, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(chunked_grads), jax.tree.leaves(plain_grads), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # The plain loss keeps (16, 64, 2048) fp32 logits and their softmax (8 MiB each) at once.
+  temp = lambda chunk: grad_fn(chunk).lower(params).compile().memory_analysis().temp_size_in_bytes
+  assert temp(0) - temp(8) > 1.5 * 16 * 64 * 2048 * 4

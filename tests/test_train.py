@@ -1,14 +1,19 @@
+import dataclasses
 import json
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from llm_jax import config, models, sharding
 from llm_jax.data import loader
 from llm_jax.data.tokens import TokenStream
+from llm_jax.models.gpt import GPTConfig
 from llm_jax.train import loop, optim
 from tests.conftest import tiny_config
+
+SMALL = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
 def read_rows(workdir):
@@ -86,9 +91,16 @@ def test_overfits_one_batch():
   assert float(metrics['loss']) < 0.05
 
 
-def test_weight_decay_skips_biases_and_norms():
+def test_weight_decay_skips_biases_and_norms_whatever_their_rank():
   params = {'kernel': np.ones((2, 2)), 'bias': np.ones(2), 'scale': np.ones(2)}
   assert optim.decay_mask(params) == {'kernel': True, 'bias': False, 'scale': False}
+  for scan_layers in (False, True):  # qkv's bias is (3, heads, kv); scanning stacks everything
+    model = models.build(dataclasses.replace(SMALL, scan_layers=scan_layers), seed=0)
+    mask = jax.tree_util.tree_flatten_with_path(optim.decay_mask(nnx.state(model, nnx.Param)))[0]
+    names = lambda path: [getattr(k, 'key', getattr(k, 'name', None)) for k in path]
+    decayed = {names(path)[-2] for path, on in mask if on}  # the last key is NNX's .value
+    assert decayed == {'kernel', 'embedding'}
+    assert len(decayed) < len(mask)
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
@@ -150,3 +162,22 @@ def test_a_skipped_update_leaves_params_and_optimizer_untouched():
                   jax.tree.leaves((before.params, before.opt_state)), strict=True):  # fmt: skip
     np.testing.assert_array_equal(a, b)
   assert int(after.skipped) == 1 and list(after.first_bad) == [2, 1] and int(after.step) == 2
+
+
+@pytest.mark.slow
+def test_performance_levers_train_exactly_like_the_plain_model_and_profile_steps(tmp_path):
+  plain = tiny_config(steps=6, log_every=2)
+  plain.mesh.update(data=4, fsdp=2)  # stacked layers shard like the rest (FSDP over 'embed')
+  levers = tiny_config(steps=6, log_every=2)
+  levers.mesh.update(data=4, fsdp=2)
+  levers.model.update(scan_layers=True, remat='dots_saveable')
+  levers.train.loss_chunk = 16
+  levers.profile.update(steps=2, skip=1)
+  loop.train(plain, tmp_path / 'plain')
+  loop.train(levers, tmp_path / 'levers')
+  expected, got = read_rows(tmp_path / 'plain'), read_rows(tmp_path / 'levers')
+  for key in ('loss', 'grad_norm', 'eval_loss'):
+    np.testing.assert_allclose(
+      [r[key] for r in got if key in r], [r[key] for r in expected if key in r], rtol=2e-5
+    )
+  assert list((tmp_path / 'levers' / 'profile').rglob('*.xplane.pb'))

@@ -6,7 +6,8 @@ tokenizer is saved in the workdir and reused on resume, so ids never change unde
 """
 
 import dataclasses
-import pathlib
+
+from etils import epath
 
 from llm_jax.data import prepare, sources, tokens
 from llm_jax.data import tokenizer as tokenizer_lib
@@ -30,7 +31,7 @@ def _same(a: Tokenizer, b: Tokenizer) -> bool:
   return a.spec() == b.spec()
 
 
-def _from_path(data_cfg, saved: pathlib.Path | None) -> Dataset:
+def _from_path(data_cfg, saved: epath.Path | None) -> Dataset:
   prepared = tokens.open_prepared(data_cfg.path)
   tok = prepared.tokenizer
   if saved and saved.exists() and not _same(tokenizer_lib.load(saved), tok):
@@ -43,7 +44,7 @@ def _from_path(data_cfg, saved: pathlib.Path | None) -> Dataset:
   return Dataset(prepared.splits['train'], prepared.splits['validation'], tok, str(prepared.path))
 
 
-def source_tokenizer(source, data_cfg, saved: pathlib.Path | None) -> Tokenizer:
+def source_tokenizer(source, data_cfg, saved: epath.Path | None) -> Tokenizer:
   """The tokenizer already at `saved`, or data.tokenizer built from `source` (and saved there)."""
   if saved and saved.exists():
     return tokenizer_lib.load(saved)
@@ -53,14 +54,14 @@ def source_tokenizer(source, data_cfg, saved: pathlib.Path | None) -> Tokenizer:
   return tok
 
 
-def _from_source(data_cfg, saved: pathlib.Path | None) -> Dataset:
+def _from_source(data_cfg, saved: epath.Path | None) -> Dataset:
   source = sources.open_source(data_cfg)
   tok = source_tokenizer(source, data_cfg, saved)
   streams = prepare.tokenize(source, tok)
   return Dataset(streams['train'], streams['validation'], tok, data_cfg.source)
 
 
-def load(data_cfg, workdir: pathlib.Path | None = None) -> Dataset:
+def load(data_cfg, workdir: epath.Path | None = None) -> Dataset:
   """Train and validation tokens for `data_cfg`, with the run's tokenizer.
 
   `workdir` given: the tokenizer is saved there, and one already there is reused (for a source)

@@ -13,7 +13,9 @@ import pathlib
 from collections.abc import Iterable
 
 import numpy as np
+from etils import epath
 
+from llm_jax import storage
 from llm_jax.data.errors import DataError
 
 KINDS = ('char', 'byte', 'bpe', 'gpt2', 'sentencepiece')
@@ -62,7 +64,7 @@ class Tokenizer:
   def spec(self) -> dict:
     return dict(kind=self.kind, **self.to_json())
 
-  def save(self, path: pathlib.Path) -> None:
+  def save(self, path: epath.Path) -> None:
     path.write_text(json.dumps(self.spec()), encoding='utf-8')
 
 
@@ -269,7 +271,7 @@ def from_json(spec: dict) -> Tokenizer:
 
 def load(path) -> Tokenizer:
   """A tokenizer saved by `Tokenizer.save`, of any kind."""
-  path = pathlib.Path(path)
+  path = storage.path(path)
   try:
     return from_json(json.loads(path.read_text(encoding='utf-8')))
   except FileNotFoundError:

@@ -14,8 +14,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm_jax.models.gpt import DTYPES, MLP, RESIDUAL, Attention, axes, layer_norm, normal
-from llm_jax.sharding import constrain
+from llm_jax.models.gpt import (
+  DTYPES,
+  MLP,
+  Attention,
+  apply_blocks,
+  axes,
+  layer_norm,
+  make_blocks,
+  normal,
+)
 
 NORMS = ('post', 'pre')
 
@@ -36,6 +44,8 @@ class BERTConfig:
   attention: str = 'auto'
   norm: str = 'post'  # 'post' (original BERT) or 'pre'
   type_vocab_size: int = 2
+  scan_layers: bool = False
+  remat: str = 'none'
 
   @property
   def head_dim(self) -> int:
@@ -79,7 +89,7 @@ class Encoder(nnx.Module):
     self.wtt = embed(cfg.type_vocab_size, (None, 'embed'))
     self.ln_emb = layer_norm(cfg, rngs, EPSILON)
     self.dropout = nnx.Dropout(cfg.dropout)
-    self.blocks = nnx.List([EncoderBlock(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+    self.blocks = make_blocks(cfg, lambda rngs: EncoderBlock(cfg, rngs=rngs), rngs)
     # Pre-LN leaves the residual stream unnormalised: one last LayerNorm, as in GPT.
     self.ln_f = layer_norm(cfg, rngs, EPSILON) if cfg.norm == 'pre' else None
 
@@ -90,8 +100,7 @@ class Encoder(nnx.Module):
     if self.cfg.position == 'learned':
       x = x + self.wpe(positions)
     x = self.dropout(self.ln_emb(x), deterministic=rngs is None, rngs=rngs)
-    for block in self.blocks:
-      x = constrain(block(constrain(x, RESIDUAL), positions, lengths, rngs), RESIDUAL)
+    x = apply_blocks(self.cfg, self.blocks, x, positions, lengths, rngs=rngs)
     return x if self.ln_f is None else self.ln_f(x)
 
 

@@ -2,8 +2,14 @@
 
 Pre-LayerNorm blocks, causal self-attention through `jax.nn.dot_product_attention`, GELU MLP,
 token embeddings tied to the output projection, GPT-2 initialisation. Parameters are fp32;
-`dtype` sets the compute dtype. Every parameter names its logical axes (`vocab, embed, heads,
-kv, mlp`) in `sharding_names` metadata; `llm_jax.sharding` maps those names onto mesh axes, so
+`dtype` sets the compute dtype. `scan_layers` stacks the blocks' parameters on a leading
+'layers' axis and runs them with `jax.lax.scan` (one block compiled, not n_layer); `remat`
+recomputes each block's activations in the backward pass. Both go through `make_blocks` /
+`apply_blocks`, shared with BERT. Blocks run as pure functions (`nnx.split`/`nnx.merge`) so that
+the same code serves `jax.lax.scan` and `jax.checkpoint`.
+
+Every parameter names its logical axes (`vocab, embed, heads, kv, mlp`, and `layers` when
+stacked) in `sharding_names` metadata; `llm_jax.sharding` maps those names onto mesh axes, so
 this file never names one.
 """
 
@@ -20,6 +26,12 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 ATTENTION = ('auto', 'xla', 'cudnn')
 POSITIONS = ('learned', 'rope')
 RESIDUAL = ('batch', 'length', 'act_embed')  # logical axes of the residual stream (B, T, C)
+# What a rematerialised block keeps from its forward pass: nothing, or its matmul outputs.
+REMAT_POLICIES = {
+  'none': None,
+  'full': jax.checkpoint_policies.nothing_saveable,
+  'dots_saveable': jax.checkpoint_policies.dots_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +48,8 @@ class GPTConfig:
   rope_theta: float = 10_000.0
   dtype: str = 'float32'  # compute dtype; parameters stay fp32
   attention: str = 'auto'  # 'auto' picks cudnn on GPU with bf16, else xla
+  scan_layers: bool = False  # blocks stacked and scanned: compile time independent of depth
+  remat: str = 'none'  # a key of REMAT_POLICIES
 
   @property
   def head_dim(self) -> int:
@@ -173,6 +187,47 @@ class Block(nnx.Module):
     return x + self.dropout(self.mlp(self.ln_2(x)), deterministic=drop, rngs=rngs)
 
 
+def make_blocks(cfg, make_block, rngs: nnx.Rngs):
+  """cfg.n_layer blocks from `make_block(rngs)`: a list, or (scan_layers) one block whose
+  parameters are stacked on a leading 'layers' axis. Both draw the same initial values, so
+  scanning changes the layout of a model, never the model."""
+  layers = [make_block(rngs) for _ in range(cfg.n_layer)]
+  if not cfg.scan_layers:
+    return nnx.List(layers)
+
+  @nnx.split_rngs(splits=cfg.n_layer)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+  def stacked(rngs):  # the stacked structure and axis names; its values are replaced below
+    return make_block(rngs)
+
+  blocks = stacked(nnx.Rngs(0))
+  state = nnx.state(blocks)
+  values = [nnx.to_pure_dict(nnx.state(layer)) for layer in layers]
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda *xs: jnp.stack(xs), *values))
+  nnx.update(blocks, state)
+  return blocks
+
+
+def apply_blocks(cfg, blocks, x, *args, rngs: nnx.Rngs | None):
+  """x (B, T, C) through every block in order: block(x, *args, rngs). Each layer draws its own
+  dropout key, the same whether the blocks are scanned or looped."""
+  keys = None if rngs is None else jax.random.split(rngs.dropout(), cfg.n_layer)
+  graphdef = nnx.graphdef(blocks if cfg.scan_layers else blocks[0])  # one layer's structure
+
+  def layer(x, block_state, key):
+    block = nnx.merge(graphdef, block_state)
+    x = block(constrain(x, RESIDUAL), *args, None if key is None else nnx.Rngs(dropout=key))
+    return constrain(x, RESIDUAL)
+
+  if cfg.remat != 'none':
+    layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
+  if cfg.scan_layers:
+    return jax.lax.scan(lambda x, xs: (layer(x, *xs), None), x, (nnx.state(blocks), keys))[0]
+  for i, block in enumerate(blocks):
+    x = layer(x, nnx.state(block), None if keys is None else keys[i])
+  return x
+
+
 class GPT(nnx.Module):
   def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -195,7 +250,7 @@ class GPT(nnx.Module):
         rngs=rngs,
       )
     self.dropout = nnx.Dropout(cfg.dropout)
-    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+    self.blocks = make_blocks(cfg, lambda rngs: Block(cfg, rngs=rngs), rngs)
     self.ln_f = layer_norm(cfg, rngs)
 
   def __call__(self, tokens, *, segment_ids=None, positions=None, rngs: nnx.Rngs | None = None):
@@ -218,6 +273,5 @@ class GPT(nnx.Module):
     if self.cfg.position == 'learned':
       x = x + self.wpe(positions)
     x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
-    for block in self.blocks:
-      x = constrain(block(constrain(x, RESIDUAL), positions, mask, rngs), RESIDUAL)
+    x = apply_blocks(self.cfg, self.blocks, x, positions, mask, rngs=rngs)
     return self.ln_f(x)

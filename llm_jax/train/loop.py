@@ -14,9 +14,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
-from llm_jax import checkpoint, data, generate, perf, sharding, tracking
+from llm_jax import checkpoint, data, generate, perf, sharding, storage, tracking
 from llm_jax import config as config_lib
 from llm_jax.data import loader
 from llm_jax.data import tokenizer as tokenizer_lib
@@ -104,7 +105,7 @@ class Trainer:
   resumed run never allocate a fresh model.
   """
 
-  def __init__(self, cfg, workdir: pathlib.Path | None):
+  def __init__(self, cfg, workdir: epath.Path | None):
     config_lib.validate(cfg, jax.device_count(), jax.default_backend())
     self.cfg = cfg
     is_writer = workdir is not None and jax.process_index() == 0
@@ -245,8 +246,7 @@ def load_params(source, abstract_params, *, what: str):
 
   `what` names the setting that pointed at `source`, for the error messages.
   """
-  source = pathlib.Path(source)
-  if not (source / checkpoint.DIRECTORY).is_dir():
+  if not checkpoint.directory(source).is_dir():
     raise checkpoint.CheckpointError(f'{what}={source}: no {checkpoint.DIRECTORY}/ there')
   ckpt = checkpoint.Checkpointer(source, config_lib.base_config().ckpt)
   try:
@@ -258,10 +258,10 @@ def load_params(source, abstract_params, *, what: str):
     ckpt.close()
 
 
-def export(workdir, out) -> pathlib.Path:
+def export(workdir, out) -> epath.Path:
   """Writes the latest parameters of `workdir` (no optimizer state) with its config and
   tokenizer to `out`, a directory that `ckpt.init_from` and inference can load."""
-  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  workdir, out = storage.path(workdir), storage.path(out)
   try:
     cfg = config_lib.from_json((workdir / CONFIG_FILE).read_text())
   except FileNotFoundError:
@@ -279,7 +279,7 @@ def export(workdir, out) -> pathlib.Path:
   exported = checkpoint.Checkpointer(out, cfg.ckpt, cfg.to_json_best_effort(indent=2))
   exported.save_params(step, params)
   exported.close()
-  return out / checkpoint.DIRECTORY / str(step)
+  return checkpoint.directory(out) / str(step)
 
 
 class NonFiniteError(RuntimeError):
@@ -321,7 +321,34 @@ class StopRequest:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _run_steps(trainer, ckpt, tracker, start: int, stop: StopRequest) -> dict:
+class ProfileWindow:
+  """A JAX profiler trace of steps [first, first + profile.steps) into `directory`, where first
+  is `profile.skip` steps after `start` (compilation and warm-up stay out of the trace)."""
+
+  def __init__(self, profile_cfg, directory, start: int):
+    self.first = start + profile_cfg.skip
+    self.end = self.first + profile_cfg.steps if profile_cfg.steps else -1
+    self.directory = directory
+    self.tracing = False
+
+  def before(self, step: int) -> None:
+    if step == self.first and self.end > 0:
+      jax.profiler.start_trace(str(self.directory))
+      self.tracing = True
+
+  def after(self, step: int, state) -> None:
+    if self.tracing and step + 1 == self.end:
+      jax.block_until_ready(state)  # the traced steps' device work ends inside the trace
+      self.close()
+
+  def close(self) -> None:
+    """Ends the trace if it is still open (the run stopped inside the window)."""
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+
+
+def _run_steps(trainer, ckpt, tracker, start: int, stop: StopRequest, profile) -> dict:
   """Steps from `start` to the end or a stop request; returns the last logged metrics.
 
   On a stop request (SIGTERM, or JAX's preemption sync point on multi-host) the current step is
@@ -329,10 +356,10 @@ def _run_steps(trainer, ckpt, tracker, start: int, stop: StopRequest) -> dict:
   """
   cfg = trainer.cfg
   with loader.Prefetch(trainer.batch, start, cfg.train.steps, cfg.data.prefetch) as batches:
-    return _step_loop(trainer, ckpt, tracker, stop, start, batches)
+    return _step_loop(trainer, ckpt, tracker, stop, start, batches, profile)
 
 
-def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches) -> dict:
+def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches, profile) -> dict:
   """The body of `_run_steps` over prefetched (step, batch) pairs."""
   cfg, t = trainer.cfg, trainer.cfg.train
   tokens_per_step = t.batch_size * cfg.data.seq_len
@@ -340,7 +367,9 @@ def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches) -
   mark_step, mark_time = start, time.perf_counter()
   in_flight = collections.deque()
   for step, batch in batches:
+    profile.before(step)
     trainer.state, metrics = trainer.train_step(trainer.state, batch)
+    profile.after(step, trainer.state)
     in_flight.append(metrics['loss'])
     if len(in_flight) > MAX_IN_FLIGHT:
       in_flight.popleft().block_until_ready()
@@ -376,10 +405,10 @@ def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches) -
   return last
 
 
-def _check_resumable(cfg, workdir: pathlib.Path) -> None:
+def _check_resumable(cfg, workdir: epath.Path) -> None:
   """ConfigError if `workdir` holds checkpoints of a model with other parameter shapes."""
   saved = workdir / CONFIG_FILE
-  if not (saved.exists() and (workdir / checkpoint.DIRECTORY).exists()):
+  if not (saved.exists() and checkpoint.directory(workdir).exists()):
     return
   old, new = json.loads(saved.read_text())['model'], cfg.model.to_dict()
   for key in sorted(new):
@@ -395,7 +424,7 @@ def train(cfg, workdir) -> dict:
 
   A run stopped by SIGTERM returns early with `preempted_at`, the step it saved.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = storage.path(workdir)
   _check_resumable(cfg, workdir)
   trainer = Trainer(cfg, workdir)
   is_writer = jax.process_index() == 0
@@ -413,8 +442,12 @@ def train(cfg, workdir) -> dict:
       tracker.print(f'resumed from {ckpt.directory / str(start)}')
       tracker.advance(start)
     _log_facts(tracker, trainer, trainer.compile())
+    profile = ProfileWindow(cfg.profile, storage.local_dir(workdir) / 'profile', start)
     with StopRequest() as stop:
-      last = _run_steps(trainer, ckpt, tracker, start, stop)
+      try:
+        last = _run_steps(trainer, ckpt, tracker, start, stop, profile)
+      finally:
+        profile.close()
     preempted = 'preempted_at' in last
     if trainer.eval_set and 'eval_loss' not in last and not preempted:
       last.update(trainer.evaluate())  # nothing was left to train: evaluate anyway

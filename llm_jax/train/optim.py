@@ -15,9 +15,18 @@ def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   )
 
 
+def _name(path) -> str:
+  """A parameter's own name: the last string key of its tree path (NNX adds a trailing .value)."""
+  keys = [getattr(k, 'key', getattr(k, 'name', None)) for k in path]
+  return next(k for k in reversed(keys) if isinstance(k, str) and k != 'value')
+
+
 def decay_mask(params):
-  """Decay matrices and embeddings only; biases and LayerNorm parameters (ndim < 2) are exempt."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Decay weights (kernels, embeddings) only. Biases and LayerNorm scales are exempt by name,
+  not rank: the qkv bias is (3, heads, kv) and scanned layers stack every parameter."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: not _name(path).endswith(('bias', 'scale')), params
+  )
 
 
 def make(opt_cfg, total_steps: int) -> optax.GradientTransformation:

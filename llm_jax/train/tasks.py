@@ -12,25 +12,20 @@ MLM masks are drawn inside the jitted step from a key folded from (seed, step): 
 no host work per step. Evaluation masks are drawn once, so eval numbers compare across steps.
 """
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from llm_jax import config as config_lib
-from llm_jax import data, models
+from llm_jax import data, models, storage
 from llm_jax.data import labelled, loader, sources
 from llm_jax.data import tokenizer as tokenizer_lib
 from llm_jax.models.bert import BERTConfig
 from llm_jax.models.classifier import ClassifierConfig, backbone_params
 
 ENCODER_SPECIALS = 2  # [CLS] and [MASK], given the ids after the tokenizer's vocabulary
-
-
-def task_name(cfg) -> str:
-  return cfg.train.task or config_lib.PRETRAINING[cfg.model.name]
 
 
 def model_vocab(model_name: str, tok) -> int:
@@ -115,20 +110,38 @@ class Task:
     return restore(self.model_cfg)
 
 
-def lm_loss(model, batch, key, rngs):
-  """Next-token cross-entropy; `segment_ids` and `positions` in the batch when packed."""
+def chunked_cross_entropy(model, hidden, targets, chunk: int):
+  """Mean cross-entropy of GPT's tied output projection on hidden states (B, T, C), `chunk`
+  positions at a time. Each chunk's logits are recomputed in the backward pass, so neither pass
+  holds more than (B, chunk, V) fp32 logits, where the plain loss holds (B, T, V)."""
+  b, t, c = hidden.shape
+  split = lambda x: x.reshape(b, t // chunk, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def chunk_loss(h, y):  # h (B, chunk, C)
+    logits = model.wte.attend(h).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+
+  add = lambda total, xy: (total + chunk_loss(*xy), None)
+  total, _ = jax.lax.scan(add, jnp.zeros((), jnp.float32), (split(hidden), split(targets)))
+  return total / targets.size
+
+
+def lm_loss(model, batch, key, rngs, *, chunk: int = 0):
+  """Next-token cross-entropy; `segment_ids` and `positions` in the batch when packed.
+
+  `chunk` > 0: the loss goes `chunk` positions at a time (`chunked_cross_entropy`).
+  """
   del key
-  logits = model(
-    batch['inputs'],
-    segment_ids=batch.get('segment_ids'),
-    positions=batch.get('positions'),
-    rngs=rngs,
-  )
-  return cross_entropy(logits, batch['targets']), {}
+  inputs = dict(segment_ids=batch.get('segment_ids'), positions=batch.get('positions'), rngs=rngs)
+  if chunk:
+    hidden = model.hidden(batch['inputs'], **inputs)
+    return chunked_cross_entropy(model, hidden, batch['targets'], chunk), {}
+  return cross_entropy(model(batch['inputs'], **inputs), batch['targets']), {}
 
 
-def lm_eval(model, batch):
-  return {'loss': lm_loss(model, batch, None, None)[0]}
+def lm_eval(model, batch, *, chunk: int = 0):
+  return {'loss': lm_loss(model, batch, None, None, chunk=chunk)[0]}
 
 
 class PretrainingTask(Task):
@@ -168,15 +181,16 @@ class LanguageModel(PretrainingTask):
       eos_id=eos,
     )
     self.eval_set = [b.arrays() for b in held_out]
+    self.loss_chunk = t.loss_chunk
 
   def shapes(self, batch_size):
     return dict.fromkeys(self.keys, (batch_size, self.seq_len))
 
   def loss(self, model, batch, key, rngs):
-    return lm_loss(model, batch, key, rngs)
+    return lm_loss(model, batch, key, rngs, chunk=self.loss_chunk)
 
   def evaluate(self, model, batch):
-    return lm_eval(model, batch)
+    return lm_eval(model, batch, chunk=self.loss_chunk)
 
 
 class MaskedLanguageModel(PretrainingTask):
@@ -244,7 +258,7 @@ class MaskedLanguageModel(PretrainingTask):
 def _init_config(source: str):
   """The config of the run or export in `source`, for ckpt.init_from."""
   try:
-    return config_lib.from_json((pathlib.Path(source) / config_lib.CONFIG_FILE).read_text())
+    return config_lib.from_json((storage.path(source) / config_lib.CONFIG_FILE).read_text())
   except FileNotFoundError:
     raise FileNotFoundError(f'ckpt.init_from={source}: no config.json there (not a run)') from None
 
@@ -271,7 +285,7 @@ def classifier_backbone(cfg, init_cfg, tok):
 def run_model_config(cfg, tok):
   """The model a run of `cfg` trains, from its tokenizer and config alone (a classifier also
   reads its class names): what `export` rebuilds without loading the run's data."""
-  if task_name(cfg) != 'classify':
+  if config_lib.task_name(cfg) != 'classify':
     return model_config(cfg.model, tok)
   init_cfg = _init_config(cfg.ckpt.init_from) if cfg.ckpt.init_from else None
   names = labelled.classes(sources.open_source(cfg.data), cfg.data.classes)
@@ -284,7 +298,7 @@ class Classification(Task):
 
   name = 'classify'
 
-  def __init__(self, cfg, workdir: pathlib.Path | None):
+  def __init__(self, cfg, workdir: epath.Path | None):
     d, t = cfg.data, cfg.train
     source = sources.open_source(d)
     self.origin = d.source
@@ -292,7 +306,7 @@ class Classification(Task):
     saved = workdir / data.TOKENIZER_FILE if workdir else None
     if init:
       init_cfg = _init_config(init)
-      self.tokenizer = tokenizer_lib.load(pathlib.Path(init) / data.TOKENIZER_FILE)
+      self.tokenizer = tokenizer_lib.load(storage.path(init) / data.TOKENIZER_FILE)
       if saved:
         self.tokenizer.save(saved)
     else:
@@ -367,9 +381,9 @@ class Classification(Task):
     return params
 
 
-def make(cfg, workdir: pathlib.Path | None) -> Task:
+def make(cfg, workdir: epath.Path | None) -> Task:
   """The task `cfg` trains, with its data loaded (and its tokenizer kept in `workdir`)."""
-  name = task_name(cfg)
+  name = config_lib.task_name(cfg)
   if name == 'classify':
     return Classification(cfg, workdir)
   dataset = data.load(cfg.data, workdir)
