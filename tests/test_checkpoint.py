@@ -76,6 +76,14 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
 def test_a_changed_model_is_a_clear_error(tmp_path):
   cfg = tiny_config(steps=6, log_every=3)
   loop.train(cfg, tmp_path)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  del saved['model']['scan_layers']  # a run from before the key existed had its default
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  assert 'eval_loss' in loop.train(cfg, tmp_path)  # resumed and evaluated, not refused
+  cfg.model.scan_layers = True
+  with pytest.raises(config.ConfigError, match='model.scan_layers=True but .* have False'):
+    loop.train(cfg, tmp_path)
+  cfg.model.scan_layers = False
   cfg.model.n_embd = 32
   with pytest.raises(config.ConfigError, match='model.n_embd=32 but the checkpoints in .* have 64'):
     loop.train(cfg, tmp_path)

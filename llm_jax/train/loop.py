@@ -410,7 +410,9 @@ def _check_resumable(cfg, workdir: epath.Path) -> None:
   saved = workdir / CONFIG_FILE
   if not (saved.exists() and checkpoint.directory(workdir).exists()):
     return
-  old, new = json.loads(saved.read_text())['model'], cfg.model.to_dict()
+  # A key the saved config lacks predates it: that run had the key's default.
+  old = {**config_lib.base_config().model.to_dict(), **json.loads(saved.read_text())['model']}
+  new = cfg.model.to_dict()
   for key in sorted(new):
     if key not in config_lib.SHAPE_FREE_MODEL_KEYS and old.get(key) != new[key]:
       raise config_lib.ConfigError(
