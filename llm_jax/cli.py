@@ -1,8 +1,8 @@
 """`llm-jax COMMAND --config FILE[:ARG] [--config.key=value ...] [flags]`.
 
-Commands: prepare, train, finetune, bench, export. Bad input (unknown config key, invalid value,
-missing file) ends with one line on stderr naming the field or file and exit status 2, before
-anything is compiled.
+Commands: prepare, train, finetune, bench, export, sample, eval, compare, launch. Bad input
+(unknown config key, invalid value, missing file) ends with one line on stderr naming the field
+or file and exit status 2, before anything is compiled.
 """
 
 import argparse
@@ -26,6 +26,11 @@ commands:
                              --config.init_from=runs/bert
   bench   time a train step: llm-jax bench --config configs/gpt_tiny.py [--steps 20]
   export  params only:       llm-jax export --workdir runs/tiny --out exports/tiny
+  sample  generate text:     llm-jax sample --workdir runs/tiny --prompt "To be" [--prompt ...]
+                             [--max_new_tokens 200 --temperature 0.8 --top_k K --top_p P
+                              --seed S --num_samples N]
+  eval    score a run:       llm-jax eval --workdir runs/tiny [--source SPEC --batches N
+                              --json out.json]
   launch  an experiment:     llm-jax launch experiments/shakespeare_lr_sweep.py
                              [--target=local|tpu|slurm --dry_run --only=RUN_NAME]
   compare runs side by side: llm-jax compare runs/a runs/b [--plot loss.png --metric eval_loss
@@ -272,7 +277,59 @@ COMMANDS = {
 }
 
 
-ARGUMENT_COMMANDS = {'compare': _compare, 'launch': _launch}
+def _sample(args) -> int:
+  from llm_jax import config, generate
+  from llm_jax.train import loop
+
+  parser = _ArgumentParser(prog='llm-jax sample', description='Sample text from a run.')
+  parser.add_argument('--workdir', required=True, help='a run or export directory')
+  parser.add_argument('--prompt', action='append', help='repeat for a batch (default: newline)')
+  parser.add_argument('--max_new_tokens', type=int, default=200)
+  parser.add_argument('--temperature', type=float, default=0.8, help='0: greedy')
+  parser.add_argument('--top_k', type=int, default=0, help='0: all ids')
+  parser.add_argument('--top_p', type=float, default=1.0, help='1: all ids')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--num_samples', type=int, default=1, help='samples per prompt')
+  a = parser.parse_args(args)
+  if a.max_new_tokens < 1 or a.num_samples < 1 or a.temperature < 0 or not 0 < a.top_p <= 1:
+    raise UsageError('need --max_new_tokens >= 1, --num_samples >= 1, --temperature >= 0 and'
+                     ' --top_p in (0, 1]')  # fmt: skip
+  run = loop.load_model(a.workdir, what='sample --workdir')
+  if config.task_name(run.cfg) != 'lm':
+    raise UsageError(f'sample needs a GPT language model; {a.workdir} holds a {run.cfg.model.name}'
+                     f' {config.task_name(run.cfg)} model')  # fmt: skip
+  prompts = [p for p in (a.prompt or ['\n']) for _ in range(a.num_samples)]
+  encoded = [list(run.tokenizer.encode(p)) for p in prompts]
+  if not all(encoded):
+    raise UsageError('--prompt must not be empty')
+  generated = generate.generate(
+    run.graphdef, run.params, encoded, max_new_tokens=a.max_new_tokens,
+    temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+    vocab_size=run.tokenizer.vocab_size, eos_id=run.tokenizer.eos_id,
+  )  # fmt: skip
+  for i, (prompt, ids) in enumerate(zip(prompts, generated, strict=True)):
+    print(f'--- sample {i + 1} (step {run.step}) ---\n{prompt}{run.tokenizer.decode(ids)}')
+  return 0
+
+
+def _eval(args) -> int:
+  from llm_jax import evaluate
+
+  parser = _ArgumentParser(prog='llm-jax eval', description='Evaluate a run.')
+  parser.add_argument('--workdir', required=True, help='a run or export directory')
+  parser.add_argument('--source', default='', help="data source (default: the run's held-out)")
+  parser.add_argument('--batches', type=int, default=0, help="0: the run's eval.batches")
+  parser.add_argument('--json', help='also write the result as JSON to this file')
+  a = parser.parse_args(args)
+  result = evaluate.evaluate(a.workdir, source=a.source, batches=a.batches)
+  for key, value in result.items():
+    print(f'{key:<20} {value:.4f}' if isinstance(value, float) else f'{key:<20} {value}')
+  if a.json:
+    pathlib.Path(a.json).write_text(json.dumps(result, indent=2) + '\n')
+  return 0
+
+
+ARGUMENT_COMMANDS = {'compare': _compare, 'launch': _launch, 'sample': _sample, 'eval': _eval}
 
 
 def main(argv=None) -> int:

@@ -127,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   # A JAX profiler trace of `steps` steps, starting `skip` steps after the run (re)starts, into
   # WORKDIR/profile (open with TensorBoard's profile plugin, XProf or Perfetto). 0: off.
   c.profile = dict(steps=0, skip=5)
-  c.sample = dict(prompt='\n', max_new_tokens=500, temperature=0.8, top_k=0, seed=0)
+  c.sample = dict(prompt='\n', max_new_tokens=500, temperature=0.8, top_k=0, top_p=1.0, seed=0)
   return c
 
 

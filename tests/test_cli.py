@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -32,13 +33,13 @@ def in_repo(argv):
 
 
 @pytest.mark.slow
-def test_train_end_to_end_in_a_subprocess(tmp_path):
+def test_train_end_to_end_in_a_subprocess_then_sample_and_evaluate(tmp_path, capsys):
   workdir = tmp_path / 'run'
   args = ['train', '--config', 'configs/gpt_tiny.py', '--workdir', str(workdir)]
   args += ['--config.train.steps=40', '--config.eval.every_steps=20']
-  result = llm_jax(*args, '--config.sample.max_new_tokens=80')
+  result = llm_jax(*args, '--config.sample.max_new_tokens=80', '--config.sample.prompt=ROMEO:')
   assert result.returncode == 0, result.stderr
-  assert '--- sample ---' in result.stdout
+  assert '--- sample ---\nROMEO:' in result.stdout
   assert 'final eval_loss' in result.stdout
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if 'eval_loss' in r] == [20, 40]
@@ -48,6 +49,20 @@ def test_train_end_to_end_in_a_subprocess(tmp_path):
   assert again.returncode == 0, again.stderr
   assert 'resumed from' in again.stdout and 'final eval_loss' in again.stdout
   assert len((workdir / 'metrics.jsonl').read_text().splitlines()) == len(rows)
+
+  sample = ['sample', '--workdir', str(workdir), '--prompt', 'To be', '--num_samples', '2']
+  assert in_repo([*sample, '--max_new_tokens', '20']) == 0
+  out = capsys.readouterr().out
+  assert out.count('--- sample') == 2 and out.count('\nTo be') == 2
+  assert in_repo(['eval', '--workdir', str(workdir), '--json', str(tmp_path / 'eval.json')]) == 0
+  assert 'eval_perplexity' in capsys.readouterr().out
+  result = json.loads((tmp_path / 'eval.json').read_text())
+  assert result['step'] == 40
+  assert result['eval_loss'] == pytest.approx(rows[-1]['eval_loss'], rel=1e-5)  # same batches
+  assert result['eval_perplexity'] == pytest.approx(math.exp(result['eval_loss']))
+  assert result['eval_bits_per_byte'] == result['eval_bits_per_char']  # ASCII text
+  # A character per token, but EOS predictions are scored with no text of their own.
+  assert result['eval_bits_per_char'] > result['eval_loss'] / math.log(2)
 
 
 @pytest.mark.parametrize(

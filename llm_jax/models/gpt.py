@@ -15,6 +15,7 @@ this file never names one.
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,21 @@ def attention_implementation(requested: str, dtype: str, backend: str) -> str | 
   if requested == 'auto':
     return 'cudnn' if backend == 'gpu' and dtype == 'bfloat16' else 'xla'
   return requested
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every layer for decoding: k, v (L, B, S, N, H) hold S positions; row b's
+  first `lengths[b]` are filled. Positions past a row's length are never attended to."""
+
+  k: jax.Array
+  v: jax.Array
+  lengths: jax.Array  # (B,) int32
+
+  @classmethod
+  def empty(cls, cfg, batch: int, size: int, dtype) -> 'KVCache':
+    shape = (cfg.n_layer, batch, size, cfg.n_head, cfg.head_dim)
+    zeros = jnp.zeros(shape, dtype)
+    return cls(zeros, zeros, jnp.zeros((batch,), jnp.int32))
 
 
 def normal(std: float):
@@ -113,13 +129,17 @@ class Attention(nnx.Module):
     self.rope_theta = cfg.rope_theta if cfg.position == 'rope' else None
     self.implementation = attention_implementation(cfg.attention, cfg.dtype, jax.default_backend())
 
-  def __call__(self, x, positions, mask=None, kv_lengths=None):
-    """x (B, T, C); positions (B or 1, T); mask (B, 1, T, T) or None: keys each query sees;
-    kv_lengths (B,) or None: keys past a row's length are padding."""
+  def _qkv(self, x, positions):
     qkv = self.qkv(x)  # (B, T, 3, N, H)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.rope_theta is not None:
       q, k = rope(q, self.rope_theta, positions), rope(k, self.rope_theta, positions)
+    return q, k, v
+
+  def __call__(self, x, positions, mask=None, kv_lengths=None):
+    """x (B, T, C); positions (B or 1, T); mask (B, 1, T, T) or None: keys each query sees;
+    kv_lengths (B,) or None: keys past a row's length are padding."""
+    q, k, v = self._qkv(x, positions)
     y = jax.nn.dot_product_attention(
       q,
       k,
@@ -130,6 +150,23 @@ class Attention(nnx.Module):
       implementation=self.implementation,
     )
     return self.proj(y)
+
+  def decode(self, x, positions, k_cache, v_cache, lengths):
+    """x (B, T, C), the tokens after each row's first `lengths` (B,) cached positions; their keys
+    and values are written into the caches (B, S, N, H). Returns (y, k_cache, v_cache)."""
+    q, k, v = self._qkv(x, positions)
+    write = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice_in_dim(cache, new, at, 0))
+    k_cache = write(k_cache, k.astype(k_cache.dtype), lengths)
+    v_cache = write(v_cache, v.astype(v_cache.dtype), lengths)
+    t, s = x.shape[1], k_cache.shape[1]
+    # Query i of row b sees cached positions up to lengths[b] + i.
+    visible = jnp.arange(s)[None, None, :] <= (
+      lengths[:, None, None] + jnp.arange(t)[None, :, None]
+    )
+    y = jax.nn.dot_product_attention(
+      q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask=visible[:, None]
+    )
+    return self.proj(y), k_cache, v_cache
 
 
 class MLP(nnx.Module):
@@ -185,6 +222,12 @@ class Block(nnx.Module):
     drop = rngs is None
     x = x + self.dropout(self.attn(self.ln_1(x), positions, mask), deterministic=drop, rngs=rngs)
     return x + self.dropout(self.mlp(self.ln_2(x)), deterministic=drop, rngs=rngs)
+
+  def decode(self, x, positions, k_cache, v_cache, lengths):
+    """`__call__` without dropout, attending over (and filling) this layer's caches."""
+    y, k_cache, v_cache = self.attn.decode(self.ln_1(x), positions, k_cache, v_cache, lengths)
+    x = x + y
+    return x + self.mlp(self.ln_2(x)), k_cache, v_cache
 
 
 def make_blocks(cfg, make_block, rngs: nnx.Rngs):
@@ -261,6 +304,34 @@ class GPT(nnx.Module):
     """
     x = self.hidden(tokens, segment_ids=segment_ids, positions=positions, rngs=rngs)
     return self.wte.attend(x).astype(jnp.float32)  # tied output projection
+
+  def decode(self, tokens, cache: KVCache):
+    """Logits (B, T, V) in fp32 for `tokens` (B, T) continuing each row after its cached
+    positions, and the cache with them added: one call on an empty cache is the prefill, then
+    one call per generated token. Positions must stay below block_size."""
+    positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1])[None]  # (B, T)
+    x = self.wte(tokens)
+    if self.cfg.position == 'learned':
+      x = x + self.wpe(positions)
+    if self.cfg.scan_layers:
+      graphdef = nnx.graphdef(self.blocks)
+
+      def layer(x, xs):
+        block_state, k, v = xs
+        block = nnx.merge(graphdef, block_state)
+        x, k, v = block.decode(x, positions, k, v, cache.lengths)
+        return x, (k, v)
+
+      x, (k, v) = jax.lax.scan(layer, x, (nnx.state(self.blocks), cache.k, cache.v))
+    else:
+      ks, vs = [], []
+      for i, block in enumerate(self.blocks):
+        x, k, v = block.decode(x, positions, cache.k[i], cache.v[i], cache.lengths)
+        ks.append(k)
+        vs.append(v)
+      k, v = jnp.stack(ks), jnp.stack(vs)
+    logits = self.wte.attend(self.ln_f(x)).astype(jnp.float32)
+    return logits, KVCache(k, v, cache.lengths + tokens.shape[1])
 
   def hidden(self, tokens, *, segment_ids=None, positions=None, rngs: nnx.Rngs | None = None):
     """The final hidden states (B, T, C), after the last LayerNorm."""

@@ -168,17 +168,19 @@ class Trainer:
   def sample(self) -> str:
     s, tok = self.cfg.sample, self.task.tokenizer
     prompt = tok.encode(s.prompt)
-    ids = generate.generate(
+    [ids] = generate.generate(
       self.steps.graphdef,
       self.state.params,
-      prompt,
+      [prompt],
       max_new_tokens=s.max_new_tokens,
       temperature=s.temperature,
       top_k=s.top_k,
+      top_p=s.top_p,
       seed=s.seed,
       vocab_size=tok.vocab_size,
+      eos_id=tok.eos_id,
     )
-    return tok.decode(np.asarray(ids))
+    return tok.decode(np.asarray([*prompt, *ids]))
 
 
 def _git_commit() -> str | None:
@@ -258,21 +260,44 @@ def load_params(source, abstract_params, *, what: str):
     ckpt.close()
 
 
+def read_config(workdir):
+  """The resolved config a run (or export) saved; FileNotFoundError naming it if there is none."""
+  path = storage.path(workdir) / CONFIG_FILE
+  try:
+    return config_lib.from_json(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{path} not found: is {workdir} a run?') from None
+
+
+class RunModel(NamedTuple):
+  """A run's newest parameters on one device, with what it takes to use them."""
+
+  cfg: object  # the run's config
+  tokenizer: tokenizer_lib.Tokenizer
+  graphdef: nnx.GraphDef
+  params: nnx.State
+  step: int
+
+
+def load_model(workdir, *, what: str) -> RunModel:
+  """The newest checkpoint of a run or export, gathered onto one device whatever mesh trained
+  it. `what` names the setting that pointed at it, for the error messages."""
+  cfg = read_config(workdir)
+  tok = tokenizer_lib.load(storage.path(workdir) / data.TOKENIZER_FILE)
+  model_cfg = tasks.run_model_config(cfg, tok)
+  single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
+  one_device = sharding.make_mesh(single, jax.devices()[:1])
+  graphdef, abstract, shardings = step_lib.param_layout(model_cfg, one_device, cfg.mesh.rules)
+  target = step_lib.with_shardings(abstract, shardings)
+  step, params = load_params(workdir, target, what=what)
+  return RunModel(cfg, tok, graphdef, params, step)
+
+
 def export(workdir, out) -> epath.Path:
   """Writes the latest parameters of `workdir` (no optimizer state) with its config and
   tokenizer to `out`, a directory that `ckpt.init_from` and inference can load."""
   workdir, out = storage.path(workdir), storage.path(out)
-  try:
-    cfg = config_lib.from_json((workdir / CONFIG_FILE).read_text())
-  except FileNotFoundError:
-    raise FileNotFoundError(f'{workdir / CONFIG_FILE} not found: is {workdir} a run?') from None
-  model_cfg = tasks.run_model_config(cfg, tokenizer_lib.load(workdir / data.TOKENIZER_FILE))
-  # Gathered onto one device whatever mesh trained it: the export serves inference anywhere.
-  single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
-  one_device = sharding.make_mesh(single, jax.devices()[:1])
-  tx = optim.make(cfg.optimizer, cfg.train.steps)
-  _, abstract, _ = step_lib.state_shardings(model_cfg, tx, one_device, cfg.mesh.rules)
-  step, params = load_params(workdir, abstract.params, what='export --workdir')
+  cfg, _, _, params, step = load_model(workdir, what='export --workdir')
   out.mkdir(parents=True, exist_ok=True)
   for name in (CONFIG_FILE, data.TOKENIZER_FILE):
     (out / name).write_bytes((workdir / name).read_bytes())

@@ -1,0 +1,53 @@
+"""`llm-jax eval`: a run's newest checkpoint scored on its held-out split or on any data source.
+
+The run's own task does the scoring (`Task.evaluate`/`summarize`, the numbers training logs), over
+this host's devices as one data-parallel mesh. Language models also get perplexity and bits per
+character and per UTF-8 byte of the text the scored tokens decode to, which compare across
+tokenizers; BERT gets MLM accuracy, classifiers accuracy and macro-F1.
+"""
+
+import math
+
+import jax
+
+from llm_jax import config as config_lib
+from llm_jax import sharding, storage
+from llm_jax.train import loop, tasks
+
+
+def _text_sizes(tokenizer, eval_set) -> tuple[int, int, int]:
+  """(tokens, characters, UTF-8 bytes) of the scored targets; EOS is scored but is no text."""
+  rows = [row for batch in eval_set for row in batch['targets'].tolist()]
+  text = [tokenizer.decode([i for i in row if i != tokenizer.eos_id]) for row in rows]
+  return sum(map(len, rows)), sum(map(len, text)), sum(len(t.encode()) for t in text)
+
+
+def evaluate(workdir, *, source: str = '', batches: int = 0) -> dict:
+  """The eval_* metrics of `workdir`'s newest checkpoint; `source` replaces the run's data and
+  `batches` its number of evaluation batches (0: the run's own)."""
+  cfg = loop.read_config(workdir)
+  if source:
+    cfg.data.update(source=source, path='')
+  if batches:
+    cfg.eval.batches = batches
+  single_host = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
+  cfg.mesh.update(single_host)
+  config_lib.validate(cfg, jax.device_count(), jax.default_backend())
+  task = tasks.make(cfg, storage.path(workdir))  # the run's saved tokenizer, whatever the source
+  mesh = sharding.make_mesh(cfg.mesh)
+  steps = loop.build_steps(cfg, task.model_cfg, mesh, task.loss, task.evaluate)
+  step, params = loop.load_params(workdir, steps.abstract.params, what='eval --workdir')
+  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh, cfg.mesh.rules, a.ndim))
+  outputs = [steps.eval(params, {k: put(v) for k, v in b.items()}) for b in task.eval_set]
+  result = {'step': step, 'data': source or cfg.data.path or cfg.data.source}
+  result.update(task.summarize(jax.device_get(outputs)))
+  if task.name == 'lm':
+    tokens, chars, nbytes = _text_sizes(task.tokenizer, task.eval_set)
+    bits = result['eval_loss'] * tokens / math.log(2)
+    result.update(
+      eval_perplexity=math.exp(result['eval_loss']),
+      eval_bits_per_char=bits / chars,
+      eval_bits_per_byte=bits / nbytes,
+      eval_tokens=tokens,
+    )
+  return result
