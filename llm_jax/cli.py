@@ -1,6 +1,6 @@
 """`llm-jax COMMAND --config FILE[:ARG] [--config.key=value ...] [flags]`.
 
-Commands: prepare, train, finetune, bench, export, sample, eval, compare, launch. Bad input
+Commands: prepare, train, finetune, bench, export, sample, eval, hf, compare, launch. Bad input
 (unknown config key, invalid value, missing file) ends with one line on stderr naming the field
 or file and exit status 2, before anything is compiled.
 """
@@ -18,7 +18,7 @@ USAGE = """usage: llm-jax COMMAND --config FILE[:ARG] [--config.KEY=VALUE ...] [
 
 commands:
   prepare tokenize a corpus: llm-jax prepare --source=text:corpus.txt --out=data/corpus
-                             [--tokenizer=char|byte|bpe|gpt2:DIR|sentencepiece:FILE
+                             [--tokenizer=char|byte|bpe|gpt2:DIR|wordpiece:DIR|sentencepiece:FILE
                               --vocab_size=N --val_fraction=F --workers=N]
   train   train a model:     llm-jax train --config configs/gpt_tiny.py --workdir runs/tiny
                              [--config.data.path=data/corpus]
@@ -31,6 +31,8 @@ commands:
                               --seed S --num_samples N]
   eval    score a run:       llm-jax eval --workdir runs/tiny [--source SPEC --batches N
                               --json out.json]
+  hf      GPT-2/BERT interop: llm-jax hf import --src HF_DIR --workdir runs/gpt2
+                             llm-jax hf export --workdir runs/tiny --dst HF_DIR
   launch  an experiment:     llm-jax launch experiments/shakespeare_lr_sweep.py
                              [--target=local|tpu|slurm --dry_run --only=RUN_NAME]
   compare runs side by side: llm-jax compare runs/a runs/b [--plot loss.png --metric eval_loss
@@ -78,7 +80,7 @@ def _define_prepare_flags(fv) -> None:
   d = config.base_config().data
   for name, help_text in (
     ('source', 'data source: shakespeare, text:GLOB, jsonl:GLOB or tfds:NAME[/CONFIG]:SPLIT.'),
-    ('tokenizer', 'char, byte, bpe, gpt2:DIR or sentencepiece:FILE.'),
+    ('tokenizer', 'char, byte, bpe, gpt2:DIR, wordpiece:DIR or sentencepiece:FILE.'),
     ('text_field', 'jsonl/tfds: the field holding the text.'),
     ('text_documents', 'text: documents end at a blank_line, or one per file.'),
     ('tfds_data_dir', 'tfds: where the dataset is built.'),
@@ -329,7 +331,34 @@ def _eval(args) -> int:
   return 0
 
 
-ARGUMENT_COMMANDS = {'compare': _compare, 'launch': _launch, 'sample': _sample, 'eval': _eval}
+def _hf(args) -> int:
+  from llm_jax import hf
+
+  parser = _ArgumentParser(prog='llm-jax hf', description='Hugging Face import/export.')
+  parser.add_argument('direction', choices=('import', 'export'))
+  parser.add_argument('--src', help='import: a GPT2LMHeadModel or BertForMaskedLM directory')
+  parser.add_argument('--workdir', required=True, help='import: the run to write; export: to read')
+  parser.add_argument('--dst', help='export: the directory to write')
+  a = parser.parse_args(args)
+  if a.direction == 'import':
+    if not a.src:
+      raise UsageError('hf import needs --src HF_DIR')
+    count = hf.import_model(a.src, a.workdir)
+    print(f'imported {count:,} parameters from {a.src} into {a.workdir}')
+  else:
+    if not a.dst:
+      raise UsageError('hf export needs --dst HF_DIR')
+    print(f'exported {a.workdir} to {hf.export_model(a.workdir, a.dst)}')
+  return 0
+
+
+ARGUMENT_COMMANDS = {
+  'compare': _compare,
+  'launch': _launch,
+  'sample': _sample,
+  'eval': _eval,
+  'hf': _hf,
+}
 
 
 def main(argv=None) -> int:
@@ -346,6 +375,7 @@ def main(argv=None) -> int:
   from llm_jax.compare import CompareError
   from llm_jax.config import ConfigError
   from llm_jax.data import DataError
+  from llm_jax.hf import HFError
   from llm_jax.launch import LaunchError
   from llm_jax.train.loop import NonFiniteError
 
@@ -366,6 +396,7 @@ def main(argv=None) -> int:
     CheckpointError,
     CompareError,
     LaunchError,
+    HFError,
     distributed.DistributedError,
     FileNotFoundError,
   ) as e:

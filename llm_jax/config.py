@@ -5,7 +5,9 @@ Config files in `configs/` call `preset(name)` and override what they need; the 
 raises `ConfigError` naming the offending field.
 """
 
+import importlib.util
 import json
+import pathlib
 
 import ml_collections
 
@@ -56,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     source='shakespeare',
     path='',
     seq_len=256,
-    tokenizer='char',  # char | byte | bpe | gpt2:DIR | sentencepiece:FILE
+    tokenizer='char',  # char | byte | bpe | gpt2:DIR | wordpiece:DIR | sentencepiece:FILE
     vocab_size=0,  # bpe: the vocabulary to train
     val_fraction=0.05,  # documents held out (the embedded corpus holds out whole plays instead)
     text_field='text',  # jsonl and tfds: the field holding the text
@@ -153,6 +155,18 @@ MODEL_PRESETS = {
   'bert_base': dict(name='bert', block_size=512, n_layer=12, n_head=12, n_embd=768, dropout=0.1),
   'bert_large': dict(name='bert', block_size=512, n_layer=24, n_head=16, n_embd=1024, dropout=0.1),
 }
+
+
+def load_file(spec: str, root='.') -> ml_collections.ConfigDict:
+  """The config of a `FILE[:ARG]` spec (FILE relative to `root`): FILE's get_config(ARG)."""
+  file, _, arg = spec.partition(':')
+  path = pathlib.Path(root) / file
+  if not path.is_file():
+    raise ConfigError(f'config file not found: {file}')
+  module_spec = importlib.util.spec_from_file_location(f'config_{path.stem}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

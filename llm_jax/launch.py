@@ -18,6 +18,8 @@ import shlex
 import subprocess
 import sys
 
+from llm_jax import config as config_lib
+
 TARGETS = ('local', 'tpu', 'slurm')
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -104,15 +106,11 @@ def expand(exp: Experiment) -> list[Run]:
 
 def check(exp: Experiment, runs: list[Run]) -> None:
   """LaunchError naming the first override that the base config does not have or accept."""
-  file, _, arg = exp.config.partition(':')
-  path = REPO / file
-  if not path.is_file():
-    raise LaunchError(f'experiment {exp.name}: config file not found: {file}')
-  spec = importlib.util.spec_from_file_location(f'config_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   for run in runs:
-    cfg = module.get_config(arg or None)
+    try:
+      cfg = config_lib.load_file(exp.config, REPO)
+    except config_lib.ConfigError as e:
+      raise LaunchError(f'experiment {exp.name}: {e}') from None
     for key, value in run.overrides.items():
       *parents, leaf = key.split('.')
       node = cfg

@@ -18,8 +18,10 @@ from etils import epath
 from llm_jax import storage
 from llm_jax.data.errors import DataError
 
-KINDS = ('char', 'byte', 'bpe', 'gpt2', 'sentencepiece')
+KINDS = ('char', 'byte', 'bpe', 'gpt2', 'wordpiece', 'sentencepiece')
+WITH_FILES = ('gpt2', 'wordpiece', 'sentencepiece')  # kinds read from files: KIND:PATH
 EOS_TEXT = '<|endoftext|>'
+WORDPIECE_SEP = '[SEP]'  # BERT's separator: the end of a document
 UNKNOWN = '\ufffd'
 MIN_BPE_VOCAB = 258  # 256 byte symbols, the end-of-sequence token and at least one merge
 
@@ -29,20 +31,26 @@ def parse(spec: str) -> tuple[str, str]:
   kind, _, arg = spec.partition(':')
   if kind not in KINDS:
     raise DataError(f'data.tokenizer={spec!r}: unknown kind {kind!r}; choose one of {KINDS}')
-  if (kind in ('gpt2', 'sentencepiece')) != bool(arg):
+  if (kind in WITH_FILES) != bool(arg):
     raise DataError(
-      f'data.tokenizer={spec!r}: write gpt2:DIR or sentencepiece:FILE; char, byte and bpe take'
-      ' no argument'
+      f'data.tokenizer={spec!r}: write gpt2:DIR, wordpiece:DIR or sentencepiece:FILE; char, byte'
+      ' and bpe take no argument'
     )
   return kind, arg
 
 
 class Tokenizer:
-  """Text <-> ids. Subclasses set `kind`, `vocab_size`, `eos_id` and the conversions."""
+  """Text <-> ids. Subclasses set `kind`, `vocab_size`, `eos_id` and the conversions.
+
+  `cls_id` and `mask_id`: an encoder's [CLS] and [MASK] when the vocabulary has its own (BERT's
+  WordPiece); None means encoders append them after the vocabulary.
+  """
 
   kind: str
   vocab_size: int
   eos_id: int
+  cls_id: int | None = None
+  mask_id: int | None = None
 
   @property
   def dtype(self):
@@ -124,16 +132,41 @@ class ByteTokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-  """A byte-level BPE from HF `tokenizers`: trained here (`bpe`) or GPT-2's files (`gpt2`)."""
+  """HF `tokenizers`: a byte-level BPE trained here (`bpe`) or read from GPT-2's files (`gpt2`),
+  or BERT's WordPiece vocabulary (`wordpiece`, where [SEP] ends documents)."""
 
   def __init__(self, kind: str, tokenizer):
     self.kind = kind
     self._tok = tokenizer
-    eos = tokenizer.token_to_id(EOS_TEXT)
+    eos_text = WORDPIECE_SEP if kind == 'wordpiece' else EOS_TEXT
+    eos = tokenizer.token_to_id(eos_text)
     if eos is None:
-      raise DataError(f'the {kind} tokenizer has no {EOS_TEXT} token')
+      raise DataError(f'the {kind} tokenizer has no {eos_text} token')
     self.eos_id = eos
     self.vocab_size = tokenizer.get_vocab_size()
+    if kind == 'wordpiece':
+      self.cls_id, self.mask_id = tokenizer.token_to_id('[CLS]'), tokenizer.token_to_id('[MASK]')
+      if self.cls_id is None or self.mask_id is None:
+        raise DataError('the wordpiece vocabulary has no [CLS] or [MASK] token')
+
+  @classmethod
+  def wordpiece(cls, directory: str) -> 'HFTokenizer':
+    """BERT's vocab.txt, lower-cased unless tokenizer_config.json says do_lower_case=false."""
+    from tokenizers import Tokenizer as HF
+    from tokenizers import decoders, normalizers
+
+    directory = pathlib.Path(directory)
+    if not (directory / 'vocab.txt').is_file():
+      raise FileNotFoundError(f'data.tokenizer=wordpiece:{directory}: vocab.txt not found')
+    settings = directory / 'tokenizer_config.json'
+    lower = (
+      json.loads(settings.read_text()).get('do_lower_case', True) if settings.is_file() else True
+    )
+    tok = HF(_models().WordPiece.from_file(str(directory / 'vocab.txt'), unk_token='[UNK]'))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lower)
+    tok.pre_tokenizer = _pre_tokenizers().BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return cls('wordpiece', tok)
 
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int) -> 'HFTokenizer':
@@ -176,6 +209,21 @@ class HFTokenizer(Tokenizer):
 
   def to_json(self) -> dict:
     return {'tokenizer': self._tok.to_str()}
+
+  def save_hf(self, directory) -> None:
+    """The files `transformers` reads: tokenizer.json (PreTrainedTokenizerFast), and vocab.txt
+    (BertTokenizer) or vocab.json + merges.txt (GPT2Tokenizer)."""
+    directory = storage.path(directory)
+    (directory / 'tokenizer.json').write_text(self._tok.to_str())
+    if self.kind == 'wordpiece':
+      vocab = self._tok.get_vocab()
+      (directory / 'vocab.txt').write_text(''.join(t + '\n' for t in sorted(vocab, key=vocab.get)))
+      return
+    vocab, merges = json.loads(self._tok.to_str())['model'], []
+    (directory / 'vocab.json').write_text(json.dumps(vocab['vocab'], ensure_ascii=False))
+    for merge in vocab['merges']:
+      merges.append(merge if isinstance(merge, str) else ' '.join(merge))
+    (directory / 'merges.txt').write_text('#version: 0.2\n' + '\n'.join(merges) + '\n')
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -250,6 +298,8 @@ def build(spec: str, vocab_size: int, train_texts: Iterable[str]) -> Tokenizer:
     return HFTokenizer.train(train_texts, vocab_size)
   if kind == 'gpt2':
     return HFTokenizer.gpt2(arg)
+  if kind == 'wordpiece':
+    return HFTokenizer.wordpiece(arg)
   return SentencePieceTokenizer.from_file(arg)
 
 
@@ -260,7 +310,7 @@ def from_json(spec: dict) -> Tokenizer:
     return CharTokenizer(spec['chars'])
   if kind == 'byte':
     return ByteTokenizer()
-  if kind in ('bpe', 'gpt2'):
+  if kind in ('bpe', 'gpt2', 'wordpiece'):
     from tokenizers import Tokenizer as HF
 
     return HFTokenizer(kind, HF.from_str(spec['tokenizer']))

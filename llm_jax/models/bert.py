@@ -60,7 +60,7 @@ class EncoderBlock(nnx.Module):
     self.post = cfg.norm == 'post'
     self.attn = Attention(cfg, causal=False, rngs=rngs)
     self.ln_1 = layer_norm(cfg, rngs, EPSILON)
-    self.mlp = MLP(cfg, rngs=rngs)
+    self.mlp = MLP(cfg, exact_gelu=True, rngs=rngs)
     self.ln_2 = layer_norm(cfg, rngs, EPSILON)
     self.dropout = nnx.Dropout(cfg.dropout)
 

@@ -170,7 +170,10 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+  """Two projections around a GELU: tanh-approximated as in GPT-2, or exact as in BERT."""
+
+  def __init__(self, cfg: GPTConfig, *, exact_gelu: bool = False, rngs: nnx.Rngs):
+    self.exact_gelu = exact_gelu
     d, m = cfg.n_embd, cfg.mlp_ratio * cfg.n_embd
     dtype = DTYPES[cfg.dtype]
     self.fc = nnx.Linear(
@@ -195,7 +198,7 @@ class MLP(nnx.Module):
     )
 
   def __call__(self, x):
-    return self.proj(jax.nn.gelu(self.fc(x), approximate=True))
+    return self.proj(jax.nn.gelu(self.fc(x), approximate=not self.exact_gelu))
 
 
 def layer_norm(cfg, rngs: nnx.Rngs, epsilon: float = 1e-5) -> nnx.LayerNorm:

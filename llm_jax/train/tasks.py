@@ -29,8 +29,17 @@ ENCODER_SPECIALS = 2  # [CLS] and [MASK], given the ids after the tokenizer's vo
 
 
 def model_vocab(model_name: str, tok) -> int:
-  """Ids the model must embed: the tokenizer's, plus [CLS] and [MASK] for encoders."""
-  return tok.vocab_size + (ENCODER_SPECIALS if model_name == 'bert' else 0)
+  """Ids the model must embed: the tokenizer's, plus [CLS] and [MASK] for encoders whose
+  tokenizer lacks them."""
+  appended = model_name == 'bert' and tok.cls_id is None
+  return tok.vocab_size + (ENCODER_SPECIALS if appended else 0)
+
+
+def encoder_ids(tok) -> tuple[int, int]:
+  """An encoder's ([CLS], [MASK]) ids: the tokenizer's own, else the two after its vocabulary."""
+  if tok.cls_id is not None:
+    return tok.cls_id, tok.mask_id
+  return tok.vocab_size, tok.vocab_size + 1
 
 
 def model_config(model_section, tok):
@@ -200,7 +209,7 @@ class MaskedLanguageModel(PretrainingTask):
     super().__init__(cfg, dataset)
     d, t = cfg.data, cfg.train
     tok = self.tokenizer
-    self.cls_id, self.mask_id = tok.vocab_size, tok.vocab_size + 1
+    self.cls_id, self.mask_id = encoder_ids(tok)
     self.mask = dict(
       rate=t.mask_rate,
       mask_id=self.mask_id,
@@ -317,7 +326,7 @@ class Classification(Task):
     self.model_cfg = ClassifierConfig(backbone, len(self.classes))
     self.perf_cfg = backbone
     self.seq_len = d.seq_len
-    cls_id = self.tokenizer.vocab_size if self.family == 'bert' else None
+    cls_id = encoder_ids(self.tokenizer)[0] if self.family == 'bert' else None
     encode = lambda split: labelled.encode(
       source, split, self.tokenizer, self.classes, seq_len=d.seq_len, cls_id=cls_id
     )
