@@ -1,8 +1,9 @@
 """Autoregressive sampling for a batch of prompts of different lengths.
 
-Within the context window: one jitted prefill over the right-padded prompts fills a KV cache
+Within the context window: one jitted prefill over the left-padded prompts fills a KV cache
 (`GPT.decode`), then a jitted `lax.while_loop` feeds one new token per row per iteration through
-the cache: no Python per token. Rows stop at EOS, and the loop stops once every row has.
+the cache: no Python per token. Left padding puts every row's next token in the same cache slot,
+so each step writes the cache in place. Rows stop at EOS, and the loop stops once every row has.
 
 Past the context window the cache cannot slide (positions are absolute), so each new token
 recomputes the model over the row's last block_size tokens, also inside one jitted loop.
@@ -65,10 +66,12 @@ def _cached(graphdef, params, tokens, lengths, key, *, max_new_tokens, eos_id, s
   """New tokens (B, max_new_tokens) after right-padded prompts (B, P) of `lengths` (B,)."""
   model = nnx.merge(graphdef, params)
   batch, width = tokens.shape
-  cache = KVCache.empty(model.cfg, batch, width + max_new_tokens, DTYPES[model.cfg.dtype])
-  logits, cache = model.decode(tokens, cache)  # the prefill
-  cache = cache._replace(lengths=lengths)  # positions past a prompt are overwritten as we go
-  last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]  # (B, V)
+  starts = width - lengths
+  rows = jnp.arange(width)[None, :] - starts[:, None]  # (B, P): where each slot reads from
+  left_padded = jnp.take_along_axis(tokens, jnp.maximum(rows, 0), axis=1)
+  cache = KVCache.empty(model.cfg, starts, width + max_new_tokens, DTYPES[model.cfg.dtype])
+  logits, cache = model.decode(left_padded, cache)  # the prefill
+  last = logits[:, -1]  # (B, V): every row's prompt ends in the last slot
 
   def step(t, state):
     last, cache = state

@@ -65,18 +65,20 @@ def attention_implementation(requested: str, dtype: str, backend: str) -> str | 
 
 
 class KVCache(NamedTuple):
-  """Keys and values of every layer for decoding: k, v (L, B, S, N, H) hold S positions; row b's
-  first `lengths[b]` are filled. Positions past a row's length are never attended to."""
+  """Keys and values of every layer for decoding: k, v (L, B, S, N, H). Slots [0, index) are
+  filled, the same number in every row; row b's text starts at slot starts[b] (prompts are
+  left-padded) and the slots before it are never attended to. A decode step writes the same
+  slot of every row, in place."""
 
   k: jax.Array
   v: jax.Array
-  lengths: jax.Array  # (B,) int32
+  index: jax.Array  # () int32
+  starts: jax.Array  # (B,) int32
 
   @classmethod
-  def empty(cls, cfg, batch: int, size: int, dtype) -> 'KVCache':
-    shape = (cfg.n_layer, batch, size, cfg.n_head, cfg.head_dim)
-    zeros = jnp.zeros(shape, dtype)
-    return cls(zeros, zeros, jnp.zeros((batch,), jnp.int32))
+  def empty(cls, cfg, starts, size: int, dtype) -> 'KVCache':
+    zeros = jnp.zeros((cfg.n_layer, starts.shape[0], size, cfg.n_head, cfg.head_dim), dtype)
+    return cls(zeros, zeros, jnp.zeros((), jnp.int32), starts)
 
 
 def normal(std: float):
@@ -151,22 +153,21 @@ class Attention(nnx.Module):
     )
     return self.proj(y)
 
-  def decode(self, x, positions, k_cache, v_cache, lengths):
-    """x (B, T, C), the tokens after each row's first `lengths` (B,) cached positions; their keys
-    and values are written into the caches (B, S, N, H). Returns (y, k_cache, v_cache)."""
+  def decode(self, x, positions, cache: KVCache, layer):
+    """x (B, T, C) for cache slots [index, index + T): writes their keys and values into layer
+    `layer` of the cache and attends over that layer's filled slots. Returns (y, cache)."""
     q, k, v = self._qkv(x, positions)
-    write = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice_in_dim(cache, new, at, 0))
-    k_cache = write(k_cache, k.astype(k_cache.dtype), lengths)
-    v_cache = write(v_cache, v.astype(v_cache.dtype), lengths)
-    t, s = x.shape[1], k_cache.shape[1]
-    # Query i of row b sees cached positions up to lengths[b] + i.
-    visible = jnp.arange(s)[None, None, :] <= (
-      lengths[:, None, None] + jnp.arange(t)[None, :, None]
-    )
-    y = jax.nn.dot_product_attention(
-      q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask=visible[:, None]
-    )
-    return self.proj(y), k_cache, v_cache
+    at = (layer, 0, cache.index, 0, 0)
+    k_all = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), at)
+    v_all = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), at)
+    keys = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).astype(q.dtype)
+    values = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).astype(q.dtype)
+    slot = jnp.arange(keys.shape[1])[None, None, :]  # (1, 1, S)
+    query = cache.index + jnp.arange(x.shape[1])[None, :, None]  # (1, T, 1)
+    # Causal within the row's own slots; a padding slot sees only itself (no row all masked).
+    visible = ((slot <= query) & (slot >= cache.starts[:, None, None])) | (slot == query)
+    y = jax.nn.dot_product_attention(q, keys, values, mask=visible[:, None])
+    return self.proj(y), cache._replace(k=k_all, v=v_all)
 
 
 class MLP(nnx.Module):
@@ -226,11 +227,11 @@ class Block(nnx.Module):
     x = x + self.dropout(self.attn(self.ln_1(x), positions, mask), deterministic=drop, rngs=rngs)
     return x + self.dropout(self.mlp(self.ln_2(x)), deterministic=drop, rngs=rngs)
 
-  def decode(self, x, positions, k_cache, v_cache, lengths):
-    """`__call__` without dropout, attending over (and filling) this layer's caches."""
-    y, k_cache, v_cache = self.attn.decode(self.ln_1(x), positions, k_cache, v_cache, lengths)
+  def decode(self, x, positions, cache: KVCache, layer):
+    """`__call__` without dropout, attending over (and filling) layer `layer` of the cache."""
+    y, cache = self.attn.decode(self.ln_1(x), positions, cache, layer)
     x = x + y
-    return x + self.mlp(self.ln_2(x)), k_cache, v_cache
+    return x + self.mlp(self.ln_2(x)), cache
 
 
 def make_blocks(cfg, make_block, rngs: nnx.Rngs):
@@ -309,32 +310,29 @@ class GPT(nnx.Module):
     return self.wte.attend(x).astype(jnp.float32)  # tied output projection
 
   def decode(self, tokens, cache: KVCache):
-    """Logits (B, T, V) in fp32 for `tokens` (B, T) continuing each row after its cached
-    positions, and the cache with them added: one call on an empty cache is the prefill, then
-    one call per generated token. Positions must stay below block_size."""
-    positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1])[None]  # (B, T)
+    """Logits (B, T, V) in fp32 for `tokens` (B, T) in the cache's next T slots, and the cache
+    holding them: one call on an empty cache is the prefill (left-padded prompts), then one
+    call per generated token. Positions count from each row's start and must stay below
+    block_size."""
+    slots = cache.index + jnp.arange(tokens.shape[1])[None]  # (1, T)
+    positions = jnp.maximum(slots - cache.starts[:, None], 0)  # (B, T); padding gets 0
     x = self.wte(tokens)
     if self.cfg.position == 'learned':
       x = x + self.wpe(positions)
-    if self.cfg.scan_layers:
+    if self.cfg.scan_layers:  # the cache is carried whole; each layer updates its own slice
       graphdef = nnx.graphdef(self.blocks)
 
-      def layer(x, xs):
-        block_state, k, v = xs
-        block = nnx.merge(graphdef, block_state)
-        x, k, v = block.decode(x, positions, k, v, cache.lengths)
-        return x, (k, v)
+      def layer(carry, xs):
+        (x, cache), (block_state, i) = carry, xs
+        return nnx.merge(graphdef, block_state).decode(x, positions, cache, i), None
 
-      x, (k, v) = jax.lax.scan(layer, x, (nnx.state(self.blocks), cache.k, cache.v))
+      layers = (nnx.state(self.blocks), jnp.arange(self.cfg.n_layer))
+      (x, cache), _ = jax.lax.scan(layer, (x, cache), layers)
     else:
-      ks, vs = [], []
       for i, block in enumerate(self.blocks):
-        x, k, v = block.decode(x, positions, cache.k[i], cache.v[i], cache.lengths)
-        ks.append(k)
-        vs.append(v)
-      k, v = jnp.stack(ks), jnp.stack(vs)
+        x, cache = block.decode(x, positions, cache, i)
     logits = self.wte.attend(self.ln_f(x)).astype(jnp.float32)
-    return logits, KVCache(k, v, cache.lengths + tokens.shape[1])
+    return logits, cache._replace(index=cache.index + tokens.shape[1])
 
   def hidden(self, tokens, *, segment_ids=None, positions=None, rngs: nnx.Rngs | None = None):
     """The final hidden states (B, T, C), after the last LayerNorm."""
