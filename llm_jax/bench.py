@@ -189,8 +189,8 @@ def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None)
     num_devices=jax.device_count(),
     step_s=step_s,
     tokens_per_sec=tps,
-    flops_per_token=perf.flops_per_token(model_cfg, t),
-    mfu=perf.mfu(tps, model_cfg, t, jax.device_count()),
+    flops_per_token=perf.flops_per_token(model_cfg, t, task.scored),
+    mfu=perf.mfu(tps, model_cfg, t, jax.device_count(), task.scored),
     peak_memory_bytes=_peak_memory_bytes(),
   )
   if reference:

@@ -5,6 +5,8 @@ Convention (PaLM appendix B, as nanoGPT): training FLOPs per token =
 where N_matmul counts the weights that take part in matrix multiplies: every block weight plus
 the (tied) output projection vocab × n_embd; the position table is a lookup and is left out.
 The attention term counts the full T × T score and value matmuls (causal masking not discounted).
+The output projection counts only at the positions whose logits are computed (`scored`): all of
+them for a language model, the scored share for MLM, none for a classifier.
 """
 
 import jax
@@ -24,16 +26,18 @@ PEAK_BF16_FLOPS = (
 )
 
 
-def matmul_params(model_cfg) -> int:
-  """Weights used in matrix multiplies per forward pass (see module docstring)."""
+def matmul_params(model_cfg, scored: float = 1.0) -> float:
+  """Weights used in matrix multiplies per token of a forward pass (see module docstring)."""
   d, L = model_cfg.n_embd, model_cfg.n_layer
   per_block = 3 * d * d + d * d + 2 * model_cfg.mlp_ratio * d * d
-  return L * per_block + model_cfg.vocab_size * d
+  return L * per_block + scored * model_cfg.vocab_size * d
 
 
-def flops_per_token(model_cfg, seq_len: int) -> float:
-  """Training (forward + backward) FLOPs per token."""
-  return 6 * matmul_params(model_cfg) + 12 * model_cfg.n_layer * seq_len * model_cfg.n_embd
+def flops_per_token(model_cfg, seq_len: int, scored: float = 1.0) -> float:
+  """Training (forward + backward) FLOPs per token; `scored`: the share of positions whose
+  vocabulary logits are computed."""
+  attention = 12 * model_cfg.n_layer * seq_len * model_cfg.n_embd
+  return 6 * matmul_params(model_cfg, scored) + attention
 
 
 def peak_flops(device: jax.Device | None = None) -> float | None:
@@ -42,9 +46,11 @@ def peak_flops(device: jax.Device | None = None) -> float | None:
   return next((peak for name, peak in PEAK_BF16_FLOPS if name in kind), None)
 
 
-def mfu(tokens_per_sec: float, model_cfg, seq_len: int, num_devices: int) -> float | None:
+def mfu(
+  tokens_per_sec: float, model_cfg, seq_len: int, num_devices: int, scored: float = 1.0
+) -> float | None:
   """Model FLOPs utilisation in [0, 1], or None on devices without a known peak."""
   peak = peak_flops()
   if peak is None:
     return None
-  return tokens_per_sec * flops_per_token(model_cfg, seq_len) / (peak * num_devices)
+  return tokens_per_sec * flops_per_token(model_cfg, seq_len, scored) / (peak * num_devices)

@@ -68,6 +68,10 @@ def test_bench_times_the_mlm_step_of_a_bert(tmp_path):
   result = bench.run(cfg, steps=2, warmup=1)
   assert result['tokens_per_sec'] == pytest.approx(16 * 128 / result['step_s'])
   assert result['reference_skipped'].startswith('the reference is a GPT language model')
+  # The vocabulary projection counts at the 37 scored positions of 128 only (perf.py).
+  model_cfg = tasks.make(cfg, None).model_cfg
+  assert result['flops_per_token'] == perf.flops_per_token(model_cfg, 128, scored=37 / 128)
+  assert result['flops_per_token'] < perf.flops_per_token(model_cfg, 128)
 
 
 @pytest.mark.slow

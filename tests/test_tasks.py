@@ -138,3 +138,29 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_holds_fewer_logits():
   # The plain loss keeps (16, 64, 2048) fp32 logits and their softmax (8 MiB each) at once.
   temp = lambda chunk: grad_fn(chunk).lower(params).compile().memory_analysis().temp_size_in_bytes
   assert temp(0) - temp(8) > 1.5 * 16 * 64 * 2048 * 4
+
+
+def test_mlm_logits_at_the_chosen_positions_only_give_the_dense_loss_and_gradients():
+  cfg = small_config('bert_tiny', 'shakespeare')
+  cfg.data.seq_len = 128
+  task = tasks.make(cfg, None)
+  assert task.predictions == 37  # of 128: 19.2 expected + 4 sd (16.2), rounded up, + 1
+  graphdef, params = nnx.split(models.build(task.model_cfg, seed=0), nnx.Param)
+  batch = {k: jnp.asarray(v) for k, v in task.eval_set[0].items()}
+  assert int(batch['weights'].sum(1).max()) <= task.predictions
+
+  def dense(p):
+    logits = nnx.merge(graphdef, p)(batch['inputs'])
+    args = (logits, batch['targets'], batch['weights'])
+    return tasks.cross_entropy(*args), tasks.accuracy(*args)
+
+  def sparse(p):
+    model = nnx.merge(graphdef, p)
+    return task._scored(model, batch['inputs'], batch['targets'], batch['weights'], None)
+
+  (want, want_acc), want_grads = jax.value_and_grad(dense, has_aux=True)(params)
+  (got, got_acc), got_grads = jax.value_and_grad(sparse, has_aux=True)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert float(got_acc) == float(want_acc)
+  for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

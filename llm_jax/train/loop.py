@@ -214,7 +214,9 @@ def _log_facts(tracker, trainer, compile_s: float) -> None:
     device_kind=jax.devices()[0].device_kind,
     mesh=dict(trainer.mesh.shape),
     parameters=int(n_params),
-    flops_per_token=perf.flops_per_token(trainer.task.perf_cfg, trainer.cfg.data.seq_len),
+    flops_per_token=perf.flops_per_token(
+      trainer.task.perf_cfg, trainer.cfg.data.seq_len, trainer.task.scored
+    ),
     compile_s=compile_s,
     versions={name: importlib.metadata.version(name) for name in VERSIONED},
     git_commit=_git_commit(),
@@ -403,7 +405,8 @@ def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches, p
       metrics = jax.device_get(metrics)  # the only host sync: once per log interval
       elapsed = time.perf_counter() - mark_time
       tps = (done - mark_step) * tokens_per_step / elapsed
-      mfu = perf.mfu(tps, trainer.task.perf_cfg, cfg.data.seq_len, jax.device_count())
+      task = trainer.task
+      mfu = perf.mfu(tps, task.perf_cfg, cfg.data.seq_len, jax.device_count(), task.scored)
       last = dict(metrics, tokens_per_sec=tps, step_time=elapsed / (done - mark_step), mfu=mfu)
       tracker.log(done, **last)
       tracker.advance(done - mark_step)

@@ -12,6 +12,8 @@ MLM masks are drawn inside the jitted step from a key folded from (seed, step): 
 no host work per step. Evaluation masks are drawn once, so eval numbers compare across steps.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,6 +90,7 @@ class Task:
   tokenizer: tokenizer_lib.Tokenizer
   model_cfg: object  # what `models.build` takes
   perf_cfg: object  # the transformer whose FLOPs count (the backbone for a classifier)
+  scored: float = 1.0  # share of positions whose vocabulary logits are computed (perf.py)
   origin: str  # where the data came from, for the log
   train_batches: object  # (step, rows) -> dict of this process's rows of the global batch
   eval_set: list  # global evaluation batches (numpy)
@@ -202,6 +205,13 @@ class LanguageModel(PretrainingTask):
     return lm_eval(model, batch, chunk=self.loss_chunk)
 
 
+def mlm_predictions(seq_len: int, rate: float) -> int:
+  """Positions scored per MLM row: the expected number chosen plus 4 standard deviations. A row
+  with more (probability below 1e-4) leaves the excess out of its loss."""
+  mean = rate * seq_len
+  return min(seq_len, math.ceil(mean + 4 * math.sqrt(mean * (1 - rate))) + 1)
+
+
 class MaskedLanguageModel(PretrainingTask):
   name = 'mlm'
 
@@ -210,6 +220,8 @@ class MaskedLanguageModel(PretrainingTask):
     d, t = cfg.data, cfg.train
     tok = self.tokenizer
     self.cls_id, self.mask_id = encoder_ids(tok)
+    self.predictions = mlm_predictions(d.seq_len, t.mask_rate)
+    self.scored = self.predictions / d.seq_len
     self.mask = dict(
       rate=t.mask_rate,
       mask_id=self.mask_id,
@@ -250,7 +262,11 @@ class MaskedLanguageModel(PretrainingTask):
     return {'inputs': (batch_size, self.seq_len - 1)}
 
   def _scored(self, model, inputs, targets, weights, rngs):
-    logits = model(inputs, rngs=rngs)
+    """Loss and accuracy over the chosen positions, with logits computed at those only: the
+    first `self.predictions` chosen positions of each row."""
+    at = jnp.argsort(weights == 0, axis=1, stable=True)[:, : self.predictions]  # chosen first
+    logits = model(inputs, positions=at, rngs=rngs)
+    targets, weights = (jnp.take_along_axis(x, at, axis=1) for x in (targets, weights))
     return cross_entropy(logits, targets, weights), accuracy(logits, targets, weights)
 
   def loss(self, model, batch, key, rngs):
@@ -325,6 +341,7 @@ class Classification(Task):
     self.classes = labelled.classes(source, d.classes)
     self.model_cfg = ClassifierConfig(backbone, len(self.classes))
     self.perf_cfg = backbone
+    self.scored = 0.0  # class logits from one pooled vector: no vocabulary projection
     self.seq_len = d.seq_len
     cls_id = encoder_ids(self.tokenizer)[0] if self.family == 'bert' else None
     encode = lambda split: labelled.encode(
