@@ -179,6 +179,15 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   return c
 
 
+def read_run(workdir) -> ml_collections.ConfigDict:
+  """The resolved config a run (or export) saved; FileNotFoundError naming it if there is none."""
+  path = storage.path(workdir) / CONFIG_FILE
+  try:
+    return from_json(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{path} not found: is {workdir} a run?') from None
+
+
 def preset(name: str) -> ml_collections.ConfigDict:
   """The base config with model preset `name` applied, context length matched, and locked."""
   if name not in MODEL_PRESETS:

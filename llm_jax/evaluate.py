@@ -25,7 +25,7 @@ def _text_sizes(tokenizer, eval_set) -> tuple[int, int, int]:
 def evaluate(workdir, *, source: str = '', batches: int = 0) -> dict:
   """The eval_* metrics of `workdir`'s newest checkpoint; `source` replaces the run's data and
   `batches` its number of evaluation batches (0: the run's own)."""
-  cfg = loop.read_config(workdir)
+  cfg = config_lib.read_run(workdir)
   if source:
     cfg.data.update(source=source, path='')
   if batches:

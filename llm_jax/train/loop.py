@@ -2,7 +2,6 @@
 
 import collections
 import importlib.metadata
-import json
 import pathlib
 import signal
 import subprocess
@@ -262,15 +261,6 @@ def load_params(source, abstract_params, *, what: str):
     ckpt.close()
 
 
-def read_config(workdir):
-  """The resolved config a run (or export) saved; FileNotFoundError naming it if there is none."""
-  path = storage.path(workdir) / CONFIG_FILE
-  try:
-    return config_lib.from_json(path.read_text())
-  except FileNotFoundError:
-    raise FileNotFoundError(f'{path} not found: is {workdir} a run?') from None
-
-
 class RunModel(NamedTuple):
   """A run's newest parameters on one device, with what it takes to use them."""
 
@@ -284,7 +274,7 @@ class RunModel(NamedTuple):
 def load_model(workdir, *, what: str) -> RunModel:
   """The newest checkpoint of a run or export, gathered onto one device whatever mesh trained
   it. `what` names the setting that pointed at it, for the error messages."""
-  cfg = read_config(workdir)
+  cfg = config_lib.read_run(workdir)
   tok = tokenizer_lib.load(storage.path(workdir) / data.TOKENIZER_FILE)
   model_cfg = tasks.run_model_config(cfg, tok)
   single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
@@ -435,11 +425,10 @@ def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches, p
 
 def _check_resumable(cfg, workdir: epath.Path) -> None:
   """ConfigError if `workdir` holds checkpoints of a model with other parameter shapes."""
-  saved = workdir / CONFIG_FILE
-  if not (saved.exists() and checkpoint.directory(workdir).exists()):
+  if not ((workdir / CONFIG_FILE).exists() and checkpoint.directory(workdir).exists()):
     return
   # A key the saved config lacks predates it: that run had the key's default.
-  old = {**config_lib.base_config().model.to_dict(), **json.loads(saved.read_text())['model']}
+  old = {**config_lib.base_config().model.to_dict(), **config_lib.read_run(workdir).model.to_dict()}
   new = cfg.model.to_dict()
   for key in sorted(new):
     if key not in config_lib.SHAPE_FREE_MODEL_KEYS and old.get(key) != new[key]:

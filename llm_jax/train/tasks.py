@@ -283,9 +283,9 @@ class MaskedLanguageModel(PretrainingTask):
 def _init_config(source: str):
   """The config of the run or export in `source`, for ckpt.init_from."""
   try:
-    return config_lib.from_json((storage.path(source) / config_lib.CONFIG_FILE).read_text())
-  except FileNotFoundError:
-    raise FileNotFoundError(f'ckpt.init_from={source}: no config.json there (not a run)') from None
+    return config_lib.read_run(source)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'ckpt.init_from={source}: {e}') from None
 
 
 def classifier_backbone(cfg, init_cfg, tok):
