@@ -162,8 +162,7 @@ def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None)
   state, train_step = built.init(), built.train
   b, t = cfg.train.batch_size, cfg.data.seq_len
   # One batch, read before timing and reused: the data path is not what is measured.
-  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh, cfg.mesh.rules, a.ndim))
-  batch = {k: put(v) for k, v in task.train_batches(0, slice(None)).items()}
+  batch = loop.put_batch(task.train_batches(0, slice(None)), mesh, cfg.mesh.rules)
 
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()

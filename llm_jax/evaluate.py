@@ -37,8 +37,7 @@ def evaluate(workdir, *, source: str = '', batches: int = 0) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   steps = loop.build_steps(cfg, task.model_cfg, mesh, task.loss, task.evaluate)
   step, params = loop.load_params(workdir, steps.abstract.params, what='eval --workdir')
-  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh, cfg.mesh.rules, a.ndim))
-  outputs = [steps.eval(params, {k: put(v) for k, v in b.items()}) for b in task.eval_set]
+  outputs = [steps.eval(params, loop.put_batch(b, mesh, cfg.mesh.rules)) for b in task.eval_set]
   result = {'step': step, 'data': source or cfg.data.path or cfg.data.source}
   result.update(task.summarize(jax.device_get(outputs)))
   if task.name == 'lm':
