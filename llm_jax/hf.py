@@ -166,20 +166,26 @@ def bert_params(hf: dict, w) -> dict:
   }
 
 
-def _model_section(hf: dict) -> dict:
+def _mlp_ratio(src, width: int, d: int) -> int:
+  if width % d:
+    raise HFError(f'{src}: an MLP width of {width} is not a multiple of {d}')
+  return width // d
+
+
+def _model_section(hf: dict, src) -> dict:
   """`model.*` settings of our config for an HF config."""
   if hf['model_type'] == 'gpt2':
     d = hf['n_embd']
     return dict(
       name='gpt', vocab_size=hf['vocab_size'], block_size=hf['n_positions'],
       n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=d,
-      mlp_ratio=(hf.get('n_inner') or 4 * d) // d, inner=hf.get('n_inner') or 4 * d,
+      mlp_ratio=_mlp_ratio(src, hf.get('n_inner') or 4 * d, d),
     )  # fmt: skip
   d = hf['hidden_size']
   return dict(
     name='bert', vocab_size=hf['vocab_size'], block_size=hf['max_position_embeddings'],
     n_layer=hf['num_hidden_layers'], n_head=hf['num_attention_heads'], n_embd=d,
-    mlp_ratio=hf['intermediate_size'] // d, inner=hf['intermediate_size'],
+    mlp_ratio=_mlp_ratio(src, hf['intermediate_size'], d),
     type_vocab_size=hf['type_vocab_size'], dropout=hf.get('hidden_dropout_prob', 0.1),
     norm='post',
   )  # fmt: skip
@@ -192,12 +198,8 @@ def import_model(src, workdir) -> int:
   bert = hf['model_type'] == 'bert'
   kind = 'wordpiece' if bert else 'gpt2'
   tok = (tokenizer_lib.HFTokenizer.wordpiece if bert else tokenizer_lib.HFTokenizer.gpt2)(str(src))
-  section = _model_section(hf)
-  inner = section.pop('inner')
-  if inner != section['mlp_ratio'] * section['n_embd']:
-    raise HFError(f'{src}: an MLP width of {inner} is not a multiple of {section["n_embd"]}')
   cfg = config.base_config()
-  cfg.model.update(section)
+  cfg.model.update(_model_section(hf, src))
   cfg.data.update(seq_len=cfg.model.block_size, tokenizer=f'{kind}:{src}')
   model_cfg = tasks.run_model_config(cfg, tok)
   params = nnx.state(nnx.eval_shape(lambda: models.build(model_cfg, 0)), nnx.Param)
