@@ -14,7 +14,7 @@ import ml_collections
 from llm_jax import runtime, sharding, storage
 from llm_jax.data import DataError, sources
 from llm_jax.data import tokenizer as tokenizer_lib
-from llm_jax.models import MODELS
+from llm_jax.models import MODELS, splash
 from llm_jax.models.bert import NORMS
 from llm_jax.models.gpt import ATTENTION, DTYPES, POSITIONS, REMAT_POLICIES
 
@@ -307,6 +307,15 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   _check(
     m.attention != 'cudnn' or backend == 'gpu',
     f"model.attention='cudnn' needs a GPU, but the backend is {backend}",
+  )
+  _check(
+    m.attention != 'splash' or backend == 'tpu',
+    f"model.attention='splash' (a Pallas TPU kernel) needs a TPU, but the backend is {backend}",
+  )
+  _check(
+    m.attention != 'splash' or splash.supports(cfg.data.seq_len),
+    f"model.attention='splash' tiles the sequence in blocks of {splash.LANES}:"
+    f' data.seq_len={cfg.data.seq_len} is not a multiple',
   )
   _check(
     0 < cfg.data.seq_len <= m.block_size,

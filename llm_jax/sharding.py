@@ -177,3 +177,20 @@ def constrain(x: jax.Array, names) -> jax.Array:
     return x
   mesh, rules = active
   return jax.lax.with_sharding_constraint(x, named_sharding(mesh, names, rules))
+
+
+def per_device(fn, in_names, out_names):
+  """`fn` run on each device's shards (`shard_map`), its inputs and output split as their
+  logical names say, while a step is traced under `activation_sharding`; `fn` itself otherwise.
+  For code XLA cannot partition, such as a Pallas kernel."""
+  active = _ACTIVATIONS.get()
+  if active is None:
+    return fn
+  mesh, rules = active
+  return jax.shard_map(
+    fn,
+    mesh=mesh,
+    in_specs=tuple(logical_to_mesh(names, rules) for names in in_names),
+    out_specs=logical_to_mesh(out_names, rules),
+    check_vma=False,  # a Pallas call does not declare how its outputs vary across devices
+  )

@@ -73,6 +73,7 @@ def test_config_is_locked_against_new_keys():
     ('model.norm', 'sandwich', "model.norm='sandwich' must be one of post, pre"),
     ('model.dtype', 'float16', "model.dtype='float16' must be one of"),
     ('model.attention', 'cudnn', "model.attention='cudnn' needs a GPU"),
+    ('model.attention', 'splash', "model.attention='splash' .* needs a TPU"),
     ('model.dropout', 1.0, 'model.dropout=1.0'),
     ('data.source', 'hub:foo', "data.source='hub:foo': unknown source"),
     ('data.source', 'text:', "data.source='text:': needs an argument"),
@@ -99,6 +100,15 @@ def test_invalid_values_name_the_field(field, value, message):
     cfg.mesh.data = 1
   with pytest.raises(config.ConfigError, match=message):
     config.validate(cfg, num_devices=8, backend='cpu')
+
+
+def test_splash_attention_needs_whole_blocks_of_the_sequence():
+  cfg = tiny_config()
+  cfg.model.attention = 'splash'
+  with pytest.raises(config.ConfigError, match='data.seq_len=64 is not a multiple'):
+    config.validate(cfg, num_devices=8, backend='tpu')
+  cfg.model.block_size = cfg.data.seq_len = 128
+  config.validate(cfg, num_devices=8, backend='tpu')
 
 
 def test_unknown_preset():

@@ -92,6 +92,8 @@ def test_attention_implementation_falls_back_off_gpu():
   assert attention_implementation('auto', 'bfloat16', 'gpu') == 'cudnn'
   assert attention_implementation('auto', 'float32', 'gpu') == 'xla'
   assert attention_implementation('xla', 'bfloat16', 'gpu') == 'xla'
+  assert attention_implementation('auto', 'bfloat16', 'tpu') == 'xla'
+  assert attention_implementation('splash', 'bfloat16', 'tpu') == 'splash'
 
 
 @pytest.mark.gpu
@@ -101,6 +103,38 @@ def test_cudnn_attention_matches_xla_on_gpu():
   xla = models.build(small(dtype='bfloat16', attention='xla'), seed=0)(x)
   cudnn = models.build(small(dtype='bfloat16', attention='cudnn'), seed=0)(x)
   np.testing.assert_allclose(cudnn, xla, atol=0.05)
+
+
+@pytest.mark.parametrize('name', ['gpt', 'bert'])
+def test_splash_attention_gives_xlas_loss_and_gradients(name):
+  """The Pallas TPU kernel, here in interpret mode: causal with packed documents for GPT,
+  bidirectional with padded rows for BERT."""
+  family = BERTConfig if name == 'bert' else GPTConfig
+  cfg = family(vocab_size=50, block_size=128, n_layer=2, n_head=2, n_embd=32, position='rope')
+  x = tokens(2, 128)
+  if name == 'gpt':
+    extra = dict(segment_ids=jnp.array([[0] * 50 + [1] * 78, [0] * 128]))
+  else:
+    extra = dict(lengths=jnp.array([128, 90]))
+  weights = jax.random.normal(jax.random.key(3), (2, 128, 50))
+
+  def value_and_grads(cfg):
+    graphdef, params = nnx.split(models.build(cfg, seed=0), nnx.Param)
+    loss = lambda params: jnp.sum(nnx.merge(graphdef, params)(x, **extra) * weights)
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    return value, jax.tree.leaves(grads)
+
+  xla_loss, xla_grads = value_and_grads(cfg)
+  loss, grads = value_and_grads(dataclasses.replace(cfg, attention='splash'))
+  np.testing.assert_allclose(loss, xla_loss, rtol=1e-5)
+  for a, b in zip(grads, xla_grads, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_splash_falls_back_to_xla_at_lengths_it_cannot_tile():
+  x = tokens(2, 40)
+  splash = models.build(small(block_size=128, attention='splash'), seed=0)(x)
+  np.testing.assert_array_equal(splash, models.build(small(block_size=128), seed=0)(x))
 
 
 @pytest.mark.parametrize('position', ['learned', 'rope'])

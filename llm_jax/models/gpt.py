@@ -1,12 +1,12 @@
 """GPT: a decoder-only Transformer in Flax NNX, read top to bottom.
 
-Pre-LayerNorm blocks, causal self-attention through `jax.nn.dot_product_attention`, GELU MLP,
-token embeddings tied to the output projection, GPT-2 initialisation. Parameters are fp32;
-`dtype` sets the compute dtype. `scan_layers` stacks the blocks' parameters on a leading
-'layers' axis and runs them with `jax.lax.scan` (one block compiled, not n_layer); `remat`
-recomputes each block's activations in the backward pass. Both go through `make_blocks` /
-`apply_blocks`, shared with BERT. Blocks run as pure functions (`nnx.split`/`nnx.merge`) so that
-the same code serves `jax.lax.scan` and `jax.checkpoint`.
+Pre-LayerNorm blocks, causal self-attention through `jax.nn.dot_product_attention` (or the splash
+kernel on TPU, `models/splash.py`), GELU MLP, token embeddings tied to the output projection, GPT-2
+initialisation. Parameters are fp32; `dtype` sets the compute dtype. `scan_layers` stacks the
+blocks' parameters on a leading 'layers' axis and runs them with `jax.lax.scan` (one block compiled,
+not n_layer); `remat` recomputes each block's activations in the backward pass. Both go through
+`make_blocks` / `apply_blocks`, shared with BERT. Blocks run as pure functions
+(`nnx.split`/`nnx.merge`) so that the same code serves `jax.lax.scan` and `jax.checkpoint`.
 
 Every parameter names its logical axes (`vocab, embed, heads, kv, mlp`, and `layers` when
 stacked) in `sharding_names` metadata; `llm_jax.sharding` maps those names onto mesh axes, so
@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm_jax.models import splash
 from llm_jax.sharding import constrain
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-ATTENTION = ('auto', 'xla', 'cudnn')
+ATTENTION = ('auto', 'xla', 'cudnn', 'splash')
 POSITIONS = ('learned', 'rope')
 RESIDUAL = ('batch', 'length', 'act_embed')  # logical axes of the residual stream (B, T, C)
 # What a rematerialised block keeps from its forward pass: nothing, or its matmul outputs.
@@ -48,7 +49,7 @@ class GPTConfig:
   position: str = 'learned'  # 'learned' table or 'rope'
   rope_theta: float = 10_000.0
   dtype: str = 'float32'  # compute dtype; parameters stay fp32
-  attention: str = 'auto'  # 'auto' picks cudnn on GPU with bf16, else xla
+  attention: str = 'auto'  # 'auto' picks cudnn on GPU with bf16, else xla; or 'splash' (TPU)
   scan_layers: bool = False  # blocks stacked and scanned: compile time independent of depth
   remat: str = 'none'  # a key of REMAT_POLICIES
 
@@ -58,7 +59,8 @@ class GPTConfig:
 
 
 def attention_implementation(requested: str, dtype: str, backend: str) -> str | None:
-  """What `jax.nn.dot_product_attention` should use; cuDNN needs a GPU and 16-bit inputs."""
+  """What the attention runs: `jax.nn.dot_product_attention`'s 'xla' or 'cudnn' (a GPU and
+  16-bit inputs), or the Pallas 'splash' kernel (TPU), which 'auto' leaves to be asked for."""
   if requested == 'auto':
     return 'cudnn' if backend == 'gpu' and dtype == 'bfloat16' else 'xla'
   return requested
@@ -79,6 +81,13 @@ class KVCache(NamedTuple):
   def empty(cls, cfg, starts, size: int, dtype) -> 'KVCache':
     zeros = jnp.zeros((cfg.n_layer, starts.shape[0], size, cfg.n_head, cfg.head_dim), dtype)
     return cls(zeros, zeros, jnp.zeros((), jnp.int32), starts)
+
+
+def segment_mask(segment_ids):
+  """(B, 1, T, T): which keys each query sees for segment ids (B, T); None for None."""
+  if segment_ids is None:
+    return None
+  return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
 
 def normal(std: float):
@@ -138,19 +147,24 @@ class Attention(nnx.Module):
       q, k = rope(q, self.rope_theta, positions), rope(k, self.rope_theta, positions)
     return q, k, v
 
-  def __call__(self, x, positions, mask=None, kv_lengths=None):
-    """x (B, T, C); positions (B or 1, T); mask (B, 1, T, T) or None: keys each query sees;
-    kv_lengths (B,) or None: keys past a row's length are padding."""
+  def __call__(self, x, positions, segment_ids=None, kv_lengths=None):
+    """x (B, T, C); positions (B or 1, T); segment_ids (B, T) or None: a query sees only the
+    keys of its own segment; kv_lengths (B,) or None: keys past a row's length are padding."""
     q, k, v = self._qkv(x, positions)
-    y = jax.nn.dot_product_attention(
-      q,
-      k,
-      v,
-      mask=mask,
-      is_causal=self.causal,
-      key_value_seq_lengths=kv_lengths,
-      implementation=self.implementation,
-    )
+    if self.implementation == 'splash' and splash.supports(x.shape[1]):
+      y = splash.attention(
+        q, k, v, causal=self.causal, segment_ids=segment_ids, kv_lengths=kv_lengths
+      )
+    else:  # splash at a length it cannot tile (a short prompt, say) falls back to XLA
+      y = jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=segment_mask(segment_ids),
+        is_causal=self.causal,
+        key_value_seq_lengths=kv_lengths,
+        implementation='xla' if self.implementation == 'splash' else self.implementation,
+      )
     return self.proj(y)
 
   def decode(self, x, positions, cache: KVCache, layer):
@@ -222,9 +236,10 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
-  def __call__(self, x, positions, mask, rngs: nnx.Rngs | None):
+  def __call__(self, x, positions, segment_ids, rngs: nnx.Rngs | None):
     drop = rngs is None
-    x = x + self.dropout(self.attn(self.ln_1(x), positions, mask), deterministic=drop, rngs=rngs)
+    y = self.attn(self.ln_1(x), positions, segment_ids)
+    x = x + self.dropout(y, deterministic=drop, rngs=rngs)
     return x + self.dropout(self.mlp(self.ln_2(x)), deterministic=drop, rngs=rngs)
 
   def decode(self, x, positions, cache: KVCache, layer):
@@ -338,12 +353,9 @@ class GPT(nnx.Module):
     """The final hidden states (B, T, C), after the last LayerNorm."""
     if positions is None:
       positions = jnp.arange(tokens.shape[1])[None]  # (1, T): broadcast, not gathered per row
-    mask = None
-    if segment_ids is not None:
-      mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # (B, 1, T, T)
     x = self.wte(tokens)  # (B, T, C)
     if self.cfg.position == 'learned':
       x = x + self.wpe(positions)
     x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
-    x = apply_blocks(self.cfg, self.blocks, x, positions, mask, rngs=rngs)
+    x = apply_blocks(self.cfg, self.blocks, x, positions, segment_ids, rngs=rngs)
     return self.ln_f(x)
