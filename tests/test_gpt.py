@@ -96,39 +96,43 @@ def test_attention_implementation_falls_back_off_gpu():
   assert attention_implementation('splash', 'bfloat16', 'tpu') == 'splash'
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a GPU')
-def test_cudnn_attention_matches_xla_on_gpu():
-  x = tokens(4, 32)
-  xla = models.build(small(dtype='bfloat16', attention='xla'), seed=0)(x)
-  cudnn = models.build(small(dtype='bfloat16', attention='cudnn'), seed=0)(x)
-  np.testing.assert_allclose(cudnn, xla, atol=0.05)
-
-
-@pytest.mark.parametrize('name', ['gpt', 'bert'])
-def test_splash_attention_gives_xlas_loss_and_gradients(name):
-  """The Pallas TPU kernel, here in interpret mode: causal with packed documents for GPT,
-  bidirectional with padded rows for BERT."""
+def attention_outputs(name: str, **kw):
+  """A 2-layer model's logits for 2 rows of 128 and the gradients of their weighted sum:
+  causal with packed documents for GPT, bidirectional with a padded row for BERT."""
   family = BERTConfig if name == 'bert' else GPTConfig
-  cfg = family(vocab_size=50, block_size=128, n_layer=2, n_head=2, n_embd=32, position='rope')
+  base = dict(vocab_size=50, block_size=128, n_layer=2, n_head=2, n_embd=32, position='rope')
+  graphdef, params = nnx.split(models.build(family(**base, **kw), seed=0), nnx.Param)
   x = tokens(2, 128)
   if name == 'gpt':
     extra = dict(segment_ids=jnp.array([[0] * 50 + [1] * 78, [0] * 128]))
   else:
     extra = dict(lengths=jnp.array([128, 90]))
   weights = jax.random.normal(jax.random.key(3), (2, 128, 50))
+  logits = lambda params: nnx.merge(graphdef, params)(x, **extra)
+  grads = jax.jit(jax.grad(lambda params: jnp.sum(logits(params) * weights)))(params)
+  return [jax.jit(logits)(params), *jax.tree.leaves(grads)]
 
-  def value_and_grads(cfg):
-    graphdef, params = nnx.split(models.build(cfg, seed=0), nnx.Param)
-    loss = lambda params: jnp.sum(nnx.merge(graphdef, params)(x, **extra) * weights)
-    value, grads = jax.jit(jax.value_and_grad(loss))(params)
-    return value, jax.tree.leaves(grads)
 
-  xla_loss, xla_grads = value_and_grads(cfg)
-  loss, grads = value_and_grads(dataclasses.replace(cfg, attention='splash'))
-  np.testing.assert_allclose(loss, xla_loss, rtol=1e-5)
-  for a, b in zip(grads, xla_grads, strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+def assert_close(actual, expected, rel: float):
+  """Each array within `rel` of the expected one in relative L2 norm (bf16 vs fp32 here: 0.024)."""
+  for a, b in zip(actual, expected, strict=True):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.linalg.norm(a - b) <= rel * np.linalg.norm(b), (np.linalg.norm(a - b), rel)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a GPU')
+@pytest.mark.parametrize('name', ['gpt', 'bert'])
+def test_cudnn_attention_gives_xlas_loss_and_gradients_on_gpu(name):
+  xla = attention_outputs(name, dtype='bfloat16', attention='xla')
+  assert_close(attention_outputs(name, dtype='bfloat16', attention='cudnn'), xla, rel=0.05)
+
+
+@pytest.mark.parametrize('name', ['gpt', 'bert'])
+def test_splash_attention_gives_xlas_loss_and_gradients(name):
+  """The Pallas TPU kernel, here in interpret mode."""
+  xla = attention_outputs(name)
+  assert_close(attention_outputs(name, attention='splash'), xla, rel=1e-5)
 
 
 def test_splash_falls_back_to_xla_at_lengths_it_cannot_tile():
