@@ -2,6 +2,7 @@
 
     python benchmarks/levers.py [--config configs/gpt2.py:124m] [--batch_sizes 12,32,64]
         [--levers baseline,scan,remat_dots,...] [--steps 20] [--json levers.json]
+        [--config.KEY=VALUE ...]   # applied to every cell
 
 For every batch size, the baseline (the config as it is) and then each lever run as separate
 `llm-jax bench` processes, because XLA flags are read once per process and peak device memory
@@ -74,7 +75,9 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--loss_chunk', type=int, default=128, help='positions per loss chunk')
   parser.add_argument('--json', default='')
-  args = parser.parse_args()
+  args, common = parser.parse_known_args()
+  if any(not arg.startswith('--config.') for arg in common):
+    parser.error(f'unrecognized arguments: {" ".join(common)}')
   levers = args.levers.split(',')
   unknown = [name for name in levers if name not in LEVERS]
   if unknown:
@@ -85,7 +88,7 @@ def main() -> None:
   for batch_size in map(int, args.batch_sizes.split(',')):
     base = None
     for lever in levers:
-      overrides = [o.format(loss_chunk=args.loss_chunk) for o in LEVERS[lever]]
+      overrides = [*common, *(o.format(loss_chunk=args.loss_chunk) for o in LEVERS[lever])]
       result = bench_cell(args.config, batch_size, overrides, args.steps)
       base = result if lever == 'baseline' else base
       speedup = None
