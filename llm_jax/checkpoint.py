@@ -7,6 +7,7 @@ complete, so an interrupted save never shows up as a step. A step that exists bu
 (a truncated or deleted file) is reported by name and skipped for the one before it.
 """
 
+import json
 import logging
 
 import jax
@@ -69,6 +70,15 @@ class Checkpointer:
       return False  # single-process preemption arrives as SIGTERM, handled by the loop
     return self._manager.reached_preemption(step)
 
+  def saved_config(self, step: int) -> dict:
+    """The run config saved with the checkpoint at `step`, parsed; {} if it has none readable
+    (restoring the state then says what is wrong)."""
+    args = ocp.args.Composite(config=ocp.args.JsonRestore())
+    try:
+      return json.loads(self._manager.restore(step, args=args).config)
+    except Exception:  # noqa: BLE001 -- as in restore
+      return {}
+
   def restore(self, step: int, target):
     """The state saved at `step`, placed like `target` (arrays or ShapeDtypeStructs)."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -113,15 +123,16 @@ class Checkpointer:
     self._manager.save(step, args=self._with_config({'params': params}), force=True)
     self._manager.wait_until_finished()
 
-  def restore_latest(self, target) -> tuple[int | None, object]:
-    """(step, state) of the newest readable checkpoint, falling back past unreadable ones.
+  def restore_latest(self, restore) -> tuple[int | None, object]:
+    """(step, restore(step)) for the newest checkpoint that `restore` can read, falling back
+    past unreadable ones (`restore` raises CheckpointError for those).
 
     (None, None) when there is no checkpoint; CheckpointError when none of them can be read.
     """
     failures = []
     for step in reversed(self.all_steps()):
       try:
-        return step, self.restore(step, target)
+        return step, restore(step)
       except CheckpointError as e:
         logging.warning('%s; trying the previous checkpoint', e)
         failures.append(str(e))

@@ -19,8 +19,9 @@ from llm_jax.models.bert import NORMS
 from llm_jax.models.gpt import ATTENTION, DTYPES, POSITIONS, REMAT_POLICIES
 
 CONFIG_FILE = 'config.json'  # a run's resolved config, in its workdir
-# Model settings that leave parameter shapes alone: a run may resume, or fine-tune, with its own.
-SHAPE_FREE_MODEL_KEYS = ('dropout', 'dtype', 'attention', 'remat')
+# Model settings that leave the parameters alone: a run may resume, or fine-tune, with its own.
+# (scan_layers changes their layout; checkpoints are restacked on restore, train/relayout.py.)
+SHAPE_FREE_MODEL_KEYS = ('dropout', 'dtype', 'attention', 'remat', 'scan_layers')
 TASKS = ('lm', 'mlm', 'classify')
 PRETRAINING = {'gpt': 'lm', 'bert': 'mlm'}  # each model family's own objective
 LABELLED_SOURCES = ('genre', 'jsonl', 'tfds')  # source schemes that carry labels

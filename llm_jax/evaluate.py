@@ -36,7 +36,9 @@ def evaluate(workdir, *, source: str = '', batches: int = 0) -> dict:
   task = tasks.make(cfg, storage.path(workdir))  # the run's saved tokenizer, whatever the source
   mesh = sharding.make_mesh(cfg.mesh)
   steps = loop.build_steps(cfg, task.model_cfg, mesh, task.loss, task.evaluate)
-  step, params = loop.load_params(workdir, steps.abstract.params, what='eval --workdir')
+  step, params = loop.load_params(
+    workdir, task.model_cfg, mesh, cfg.mesh.rules, what='eval --workdir'
+  )
   outputs = [steps.eval(params, loop.put_batch(b, mesh, cfg.mesh.rules)) for b in task.eval_set]
   result = {'step': step, 'data': source or cfg.data.path or cfg.data.source}
   result.update(task.summarize(jax.device_get(outputs)))

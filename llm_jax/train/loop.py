@@ -20,7 +20,7 @@ from llm_jax import checkpoint, data, generate, perf, sharding, storage, trackin
 from llm_jax import config as config_lib
 from llm_jax.data import loader
 from llm_jax.data import tokenizer as tokenizer_lib
-from llm_jax.train import optim, tasks
+from llm_jax.train import optim, relayout, tasks
 from llm_jax.train import step as step_lib
 
 CONFIG_FILE = config_lib.CONFIG_FILE
@@ -232,7 +232,7 @@ def _resume(trainer, ckpt) -> int:
 
   A fresh run with `ckpt.init_from` starts from those parameters and a new optimizer state.
   """
-  start, state = ckpt.restore_latest(trainer.steps.abstract)
+  start, state = ckpt.restore_latest(lambda step: _restore_state(trainer, ckpt, step))
   if start is not None:
     trainer.state = state
     return start
@@ -241,16 +241,29 @@ def _resume(trainer, ckpt) -> int:
   if source:
 
     def restore(model_cfg):
-      target = step_lib.abstract_params(model_cfg, trainer.mesh, trainer.cfg.mesh.rules)
-      return load_params(source, target, what='ckpt.init_from')[1]
+      return load_params(
+        source, model_cfg, trainer.mesh, trainer.cfg.mesh.rules, what='ckpt.init_from'
+      )[1]
 
     params = trainer.task.load_init(trainer.state.params, restore)
     trainer.state = trainer.state._replace(params=params)
   return 0
 
 
-def load_params(source, abstract_params, *, what: str):
-  """(step, parameters) of the newest checkpoint of a workdir or export directory `source`.
+def _restore_state(trainer, ckpt, step: int):
+  """The training state saved at `step`, in the trainer's layout and shardings."""
+
+  def target_for(model_cfg):
+    if model_cfg == trainer.task.model_cfg:
+      return trainer.steps.abstract
+    return build_steps(trainer.cfg, model_cfg, trainer.mesh).abstract
+
+  return relayout.restore(ckpt, step, trainer.task.model_cfg, target_for, ckpt.restore)
+
+
+def load_params(source, model_cfg, mesh, rules, *, what: str):
+  """(step, parameters) of the newest checkpoint of a workdir or export directory `source`,
+  as parameters of `model_cfg` placed on `mesh` by `rules`.
 
   `what` names the setting that pointed at `source`, for the error messages.
   """
@@ -261,7 +274,8 @@ def load_params(source, abstract_params, *, what: str):
     step = ckpt.latest_step()
     if step is None:
       raise checkpoint.CheckpointError(f'{what}={source}: it holds no checkpoint')
-    return step, ckpt.restore_params(step, abstract_params)
+    target_for = lambda m: step_lib.abstract_params(m, mesh, rules)
+    return step, relayout.restore(ckpt, step, model_cfg, target_for, ckpt.restore_params)
   finally:
     ckpt.close()
 
@@ -284,9 +298,8 @@ def load_model(workdir, *, what: str) -> RunModel:
   model_cfg = tasks.run_model_config(cfg, tok)
   single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   one_device = sharding.make_mesh(single, jax.devices()[:1])
-  graphdef, abstract, shardings = step_lib.param_layout(model_cfg, one_device, cfg.mesh.rules)
-  target = step_lib.with_shardings(abstract, shardings)
-  step, params = load_params(workdir, target, what=what)
+  graphdef, _, _ = step_lib.param_layout(model_cfg, one_device, cfg.mesh.rules)
+  step, params = load_params(workdir, model_cfg, one_device, cfg.mesh.rules, what=what)
   return RunModel(cfg, tok, graphdef, params, step)
 
 
