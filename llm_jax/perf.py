@@ -11,9 +11,13 @@ them for a language model, the scored share for MLM, none for a classifier.
 
 import jax
 
-# Dense bf16 peak FLOP/s per device, from vendor datasheets. Matched on device_kind substrings.
+# Dense bf16 peak FLOP/s per device, from vendor datasheets. The first entry whose name is in
+# the device_kind wins, so variants come before their family.
 PEAK_BF16_FLOPS = (
-  ('H100', 989e12),
+  ('H100 PCIe', 756e12),
+  ('H100 NVL', 835e12),
+  ('H100', 989e12),  # SXM
+  ('H800', 989e12),
   ('H200', 989e12),
   ('A100', 312e12),
   ('TPU v4', 275e12),

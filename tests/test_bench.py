@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +112,16 @@ def test_mfu_accounting():
   assert perf.matmul_params(cfg) == 12 * 12 * 768**2 + 50304 * 768
   assert perf.flops_per_token(cfg, 1024) == 6 * perf.matmul_params(cfg) + 12 * 12 * 1024 * 768
   assert perf.peak_flops() is None  # CPU
+  kinds = {
+    'NVIDIA H100 80GB HBM3': 989e12,
+    'NVIDIA H100 PCIe': 756e12,
+    'NVIDIA H100 NVL': 835e12,
+    'NVIDIA H200': 989e12,
+    'TPU v5 lite': 197e12,
+    'TPU v5p': 459e12,
+  }
+  for kind, peak in kinds.items():
+    assert perf.peak_flops(types.SimpleNamespace(device_kind=kind)) == peak, kind
   assert perf.mfu(1e6, cfg, 1024, 1) is None
 
 
