@@ -134,3 +134,23 @@ def test_flops_formula_matches_xla_cost_analysis():
   loss = lambda p: tasks.cross_entropy(nnx.merge(graphdef, p)(x[:, :-1]), x[:, 1:])
   counted = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()['flops']
   assert counted == pytest.approx(perf.flops_per_token(cfg, 64) * 4 * 64, rel=0.03)
+
+
+@pytest.mark.slow
+def test_lever_sweep_runs_each_cell_against_the_baseline_of_its_batch(tmp_path):
+  out = tmp_path / 'levers.json'
+  command = [
+    sys.executable, 'benchmarks/levers.py', '--config', 'configs/gpt_tiny.py', '--batch_sizes',
+    '8', '--levers', 'scan,loss_chunk', '--loss_chunk', '7', '--steps', '2', '--json', str(out),
+    '--config.model.vocab_size=256',
+  ]  # fmt: skip
+  env = dict(os.environ, XLA_FLAGS='')  # one CPU device
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  base, scan, chunk = json.loads(out.read_text())
+  assert [c['lever'] for c in (base, scan, chunk)] == ['baseline', 'scan', 'loss_chunk']
+  assert base['speedup'] == 1.0
+  assert scan['speedup'] == pytest.approx(base['result']['step_s'] / scan['result']['step_s'])
+  assert base['result']['config']['vocab_size'] == scan['result']['config']['vocab_size'] == 256
+  assert 'train.loss_chunk=7 must divide data.seq_len=64' in chunk['result']['error']
+  assert 'failed: ' in done.stdout  # the table shows the failed cell, and the sweep goes on
