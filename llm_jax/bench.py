@@ -16,6 +16,7 @@ import optax
 
 from llm_jax import config as config_lib
 from llm_jax import perf, sharding
+from llm_jax.models.gpt import attention_implementation
 from llm_jax.train import loop, optim, tasks
 
 
@@ -182,6 +183,12 @@ def run(cfg, *, steps: int = 20, warmup: int = 3, reference: bool | None = None)
       seq_len=t,
       dtype=model_cfg.dtype,
       vocab_size=model_cfg.vocab_size,
+      attention=attention_implementation(
+        model_cfg.attention, model_cfg.dtype, jax.default_backend()
+      ),
+      scan_layers=model_cfg.scan_layers,
+      remat=model_cfg.remat,
+      loss_chunk=cfg.train.loss_chunk,
     ),
     backend=jax.default_backend(),
     device_kind=jax.devices()[0].device_kind,

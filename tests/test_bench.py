@@ -152,5 +152,10 @@ def test_lever_sweep_runs_each_cell_against_the_baseline_of_its_batch(tmp_path):
   assert base['speedup'] == 1.0
   assert scan['speedup'] == pytest.approx(base['result']['step_s'] / scan['result']['step_s'])
   assert base['result']['config']['vocab_size'] == scan['result']['config']['vocab_size'] == 256
+  assert (base['result']['config']['scan_layers'], scan['result']['config']['scan_layers']) == (
+    False,
+    True,
+  )
+  assert base['result']['config']['attention'] == 'xla'  # what 'auto' resolved to on CPU
   assert 'train.loss_chunk=7 must divide data.seq_len=64' in chunk['result']['error']
   assert 'failed: ' in done.stdout  # the table shows the failed cell, and the sweep goes on
