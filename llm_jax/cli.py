@@ -54,6 +54,12 @@ def _define_flags(argv) -> flags.FlagValues:
   flags.DEFINE_bool(
     'dry_run', False, 'train: compile, print per-device memory and shardings, exit.', flag_values=fv
   )
+  flags.DEFINE_string(
+    'topology',
+    None,
+    'train --dry_run: plan for this TPU slice without one, e.g. v5e:2x2 (needs libtpu).',
+    flag_values=fv,
+  )
   flags.DEFINE_integer('steps', 20, 'bench: timed steps.', flag_values=fv)
   flags.DEFINE_integer('warmup', 3, 'bench: untimed warm-up steps.', flag_values=fv)
   flags.DEFINE_enum(
@@ -153,10 +159,13 @@ def _train(fv) -> int:
 
   from llm_jax.train import loop
 
+  if fv.topology and not fv.dry_run:
+    raise UsageError('--topology plans a run: use it with --dry_run')
   if fv.dry_run:
     from llm_jax.train import plan
 
-    print(plan.dry_run(loop.Trainer(fv.config, workdir=None)))
+    devices = plan.topology_devices(fv.topology) if fv.topology else None
+    print(plan.dry_run(loop.Trainer(fv.config, workdir=None, devices=devices)))
     return 0
   if not fv.workdir:
     raise UsageError('--workdir is required for train')

@@ -179,6 +179,13 @@ def constrain(x: jax.Array, names) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, named_sharding(mesh, names, rules))
 
 
+def platform() -> str:
+  """The platform code is traced for: the active step's mesh devices' (a described TPU slice in a
+  dry run, say), else the default backend's."""
+  active = _ACTIVATIONS.get()
+  return jax.default_backend() if active is None else active[0].devices.flat[0].platform
+
+
 def per_device(fn, in_names, out_names):
   """`fn` run on each device's shards (`shard_map`), its inputs and output split as their
   logical names say, while a step is traced under `activation_sharding`; `fn` itself otherwise.

@@ -48,3 +48,42 @@ def test_a_plan_that_does_not_fit_names_what_to_change():
     plan.check_fits(p)
   plan.check_fits(dict(p, capacity=None))  # unknown capacity (CPU): nothing to check
   plan.check_fits(dict(p, capacity=32 * 2**30))
+
+
+def test_a_described_tpu_slice_compiles_splash_attention_to_its_tpu_kernel():
+  """No TPU here: libtpu's compiler builds the step for a v5e 2×2 slice that is only described."""
+  cfg = tiny_config()
+  cfg.model.update(block_size=128, attention='splash')
+  cfg.data.seq_len = 128
+  cfg.mesh.update(data=2, tensor=2)
+  trainer = loop.Trainer(cfg, workdir=None, devices=plan.topology_devices('v5e:2x2'))
+  p = plan.memory_plan(trainer)
+  assert trainer.mesh.devices.flat[0].device_kind == 'TPU v5 lite' and trainer.mesh.size == 4
+  assert 'tpu_custom_call' in trainer.train_step.as_text()  # the Pallas kernel, not interpreted
+  assert p['capacity'] is None and p['temporaries'] > 0  # the TPU compiler checked the fit
+  assert 'the chip (its compiler checked that it fits)' in plan.format_plan(p, trainer)
+
+
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (
+      ['--topology=v5e:2x2', '--config.train.batch_size=262144', '--config.model.n_embd=256'],
+      r'the train step does not fit: RESOURCE_EXHAUSTED: .* exceeds available HBM .*; raise'
+      ' mesh.fsdp',
+    ),
+    (['--topology=v9:2x2'], '--topology=v9:2x2: .*Invalid TPU external name'),
+  ],
+)
+def test_a_tpu_plan_that_cannot_work_is_one_line(capsys, args, message):
+  code = cli.main(
+    ['llm-jax', 'train', '--config', str(REPO / 'configs/gpt_tiny.py'), '--dry_run', *args]
+  )
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert code != 0 and re.search(message, err), err
+
+
+def test_topology_is_for_dry_runs(capsys, tmp_path):
+  argv = ['llm-jax', 'train', '--config', str(REPO / 'configs/gpt_tiny.py'), '--topology=v5e:2x2']
+  assert cli.main(argv + ['--workdir', str(tmp_path)]) != 0
+  assert '--topology plans a run: use it with --dry_run' in capsys.readouterr().err

@@ -7,9 +7,10 @@ them, moves heads first and maps the kernel over the batch.
 
 A Pallas call is opaque to XLA's sharding propagation, so inside a sharded step the kernel runs
 per device under `shard_map`: batch and heads split as the sharding rules say, the sequence whole
-(each query block reads every key block). Off TPU the same kernel runs in Pallas interpret mode:
-exact and slow, which is how the CPU tests check it against XLA attention; config validation
-keeps it out of real runs elsewhere.
+(each query block reads every key block). Traced for anything but a TPU (`sharding.platform()`:
+the step's devices, which a dry run may only describe) the same kernel runs in Pallas interpret
+mode: exact and slow, which is how the CPU tests check it against XLA attention; config
+validation keeps it out of real runs elsewhere.
 """
 
 import functools
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
-from llm_jax.sharding import per_device
+from llm_jax.sharding import per_device, platform
 
 LANES = 128  # key blocks must be multiples of the TPU's lane width
 BLOCKS = (512, 256, 128)  # largest first; 512 is MaxText's default for every block
@@ -52,7 +53,7 @@ def _kernel(seq_len: int, heads: int, causal: bool, interpret: bool):
 
 def _local(q, k, v, q_segments, kv_segments, *, causal: bool):
   _, t, n, h = q.shape
-  kernel = _kernel(t, n, causal, jax.default_backend() != 'tpu')
+  kernel = _kernel(t, n, causal, interpret=platform() != 'tpu')
   heads_first = lambda x: x.swapaxes(1, 2)  # (B, T, N, H) -> (B, N, T, H)
 
   def one(q, k, v, q_segments, kv_segments):

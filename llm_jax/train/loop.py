@@ -1,6 +1,7 @@
 """The training loop: validate, build, compile, step, log, evaluate, sample."""
 
 import collections
+import functools
 import importlib.metadata
 import pathlib
 import signal
@@ -106,28 +107,37 @@ class Trainer:
   """Everything a run needs, built once: the task and its data, mesh, state layout and steps.
 
   `state` stays None until `init_state` or a checkpoint restore fills it, so a dry run and a
-  resumed run never allocate a fresh model.
+  resumed run never allocate a fresh model. `devices` (default: all) may be devices with no
+  hardware behind them (a TPU topology), for which a dry run compiles and nothing is placed.
   """
 
-  def __init__(self, cfg, workdir: epath.Path | None):
-    config_lib.validate(cfg, jax.device_count(), jax.default_backend())
+  def __init__(self, cfg, workdir: epath.Path | None, devices=None):
+    devices = jax.devices() if devices is None else devices
+    config_lib.validate(cfg, len(devices), devices[0].platform)
     self.cfg = cfg
     is_writer = workdir is not None and jax.process_index() == 0
     if is_writer:
       workdir.mkdir(parents=True, exist_ok=True)
     self.task = tasks.make(cfg, workdir if is_writer else None)
-    self.mesh = sharding.make_mesh(cfg.mesh)
+    self.mesh = sharding.make_mesh(cfg.mesh, devices)
     self.steps = build_steps(
       cfg, self.task.model_cfg, self.mesh, self.task.loss, self.task.evaluate
     )
     self.train_step = self.steps.train
     self.global_shapes = self.task.shapes(cfg.train.batch_size)
-    self.rows = self._rows(cfg.train.batch_size)
     self.state = None
-    rows = self._rows(cfg.eval.batch_size)
-    # On device once, reused by every evaluation.
-    self.eval_set = [
-      self._global({k: v[rows] for k, v in b.items()}, cfg.eval.batch_size)
+
+  @functools.cached_property
+  def rows(self) -> slice:
+    """This process's rows of every training batch."""
+    return self._rows(self.cfg.train.batch_size)
+
+  @functools.cached_property
+  def eval_set(self) -> list[dict]:
+    """The evaluation batches, on device once and reused by every evaluation."""
+    rows = self._rows(self.cfg.eval.batch_size)
+    return [
+      self._global({k: v[rows] for k, v in b.items()}, self.cfg.eval.batch_size)
       for b in self.task.eval_set
     ]
 

@@ -4,9 +4,15 @@ Parameter and optimizer-state bytes come from the abstract state's shardings (wh
 holds); arguments, outputs and temporaries from XLA's `memory_analysis()` of the compiled step.
 Where the device reports its capacity (GPU, TPU) a plan that does not fit is an error naming the
 settings that would make it fit.
+
+`--topology=v5e:2x2` plans for a TPU slice from any machine with libtpu installed (as MaxText's
+train_compile): the step is compiled by the TPU compiler for devices that are only described, so
+the Pallas kernels and shardings of a TPU run are checked before one is paid for, and XLA's own
+out-of-memory verdict for that chip becomes the same one-line error.
 """
 
 import math
+import os
 import re
 
 import jax
@@ -26,24 +32,66 @@ def per_device_bytes(tree) -> int:
   )
 
 
+def topology_devices(name: str) -> list:
+  """The devices of the TPU slice `name` (`v5e:2x2`, `v5p:2x2x1`, `v6e:4x4`, ...), with no TPU
+  behind them; ConfigError naming the flag when libtpu is missing or the name is unknown."""
+  from jax.experimental import topologies
+
+  # libtpu keeps a second process off a machine's TPUs with a lock file; described devices are
+  # no TPU, and plans (parallel tests, say) may run side by side.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  try:
+    return list(topologies.get_topology_desc(platform='tpu', topology_name=name).devices)
+  except Exception as e:  # noqa: BLE001 -- RuntimeError without libtpu, JaxRuntimeError for names
+    reason = str(e).splitlines()[0]
+    if 'not installed' in reason:
+      reason = "needs libtpu: pip install 'llm_jax[tpu]'"
+    raise ConfigError(f'--topology={name}: {reason}') from None
+
+
 def memory_plan(trainer) -> dict:
   """Per-device bytes of params, optimizer state, and the compiled step's buffers."""
-  compile_s = trainer.compile()
-  stats = trainer.train_step.memory_analysis()
   abstract = trainer.steps.abstract
+  params, opt_state = per_device_bytes(abstract.params), per_device_bytes(abstract.opt_state)
+  try:
+    compile_s = trainer.compile()
+  except jax.errors.JaxRuntimeError as e:  # a TPU compiler's verdict for its chip
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    raise ConfigError(
+      f'the train step does not fit: {str(e).splitlines()[0].rstrip(".")};'
+      f' {_advice(params + opt_state, None)}'
+    ) from None
+  stats = trainer.train_step.memory_analysis()
   plan = {
     'compile_s': compile_s,
-    'params': per_device_bytes(abstract.params),
-    'opt_state': per_device_bytes(abstract.opt_state),
+    'params': params,
+    'opt_state': opt_state,
     'arguments': stats.argument_size_in_bytes,
     'outputs': stats.output_size_in_bytes,
     'aliased': stats.alias_size_in_bytes,
     'temporaries': stats.temp_size_in_bytes,
-    'capacity': (jax.devices()[0].memory_stats() or {}).get('bytes_limit'),
+    'capacity': _capacity(trainer.mesh.devices.flat[0]),
   }
   # Donated state is aliased into the outputs, so it counts once.
   plan['total'] = plan['arguments'] + plan['outputs'] - plan['aliased'] + plan['temporaries']
   return plan
+
+
+def _capacity(device) -> int | None:
+  """A device's memory in bytes, where it says (not a CPU, not a described TPU)."""
+  try:
+    return (device.memory_stats() or {}).get('bytes_limit')
+  except jax.errors.JaxRuntimeError:
+    return None
+
+
+def _advice(state: int, temporaries: int | None) -> str:
+  activations = '' if temporaries is None else f' (activations, {temporaries / GIB:.2f} GiB now)'
+  return (
+    f'raise mesh.fsdp (shards params and optimizer state, {state / GIB:.2f} GiB now), lower'
+    f' train.batch_size or raise train.grad_accum_steps{activations}, or use a smaller model'
+  )
 
 
 def check_fits(plan: dict) -> None:
@@ -52,10 +100,8 @@ def check_fits(plan: dict) -> None:
     return
   raise ConfigError(
     f'the train step needs {plan["total"] / GIB:.2f} GiB per device but a device holds'
-    f' {plan["capacity"] / GIB:.2f} GiB: raise mesh.fsdp (shards params and optimizer state,'
-    f' {(plan["params"] + plan["opt_state"]) / GIB:.2f} GiB now), lower train.batch_size or raise'
-    f' train.grad_accum_steps (activations, {plan["temporaries"] / GIB:.2f} GiB now), or use a'
-    ' smaller model'
+    f' {plan["capacity"] / GIB:.2f} GiB: '
+    + _advice(plan['params'] + plan['opt_state'], plan['temporaries'])
   )
 
 
@@ -74,12 +120,15 @@ def param_sharding_lines(abstract_params) -> list[str]:
 def format_plan(plan: dict, trainer) -> str:
   """The dry-run report: mesh, per-device memory, and every parameter's sharding."""
   gib = lambda key: f'{plan[key] / GIB:8.3f} GiB'
-  capacity = 'unknown' if plan['capacity'] is None else f'{plan["capacity"] / GIB:.2f} GiB'
   rules = ', '.join(f'{name}→{axes}' for name, axes in trainer.cfg.mesh.rules)
+  device = trainer.mesh.devices.flat[0]
+  capacity = 'unknown' if plan['capacity'] is None else f'{plan["capacity"] / GIB:.2f} GiB'
+  if plan['capacity'] is None and device.platform == 'tpu':
+    capacity = 'the chip (its compiler checked that it fits)'
   return '\n'.join(
     [
-      f'mesh {dict(trainer.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform}'
-      f' device(s); rules: {rules}',
+      f'mesh {dict(trainer.mesh.shape)} over {trainer.mesh.size} {device.device_kind}'
+      f' ({device.platform}) device(s); rules: {rules}',
       f'batch {trainer.global_shapes} sharded {trainer.array_sharding(2).spec} by rows;'
       f' train step compiled in {plan["compile_s"]:.1f}s',
       'per-device memory:',
