@@ -62,6 +62,7 @@ def test_a_described_tpu_slice_compiles_splash_attention_to_its_tpu_kernel():
   assert 'tpu_custom_call' in trainer.train_step.as_text()  # the Pallas kernel, not interpreted
   assert p['capacity'] is None and p['temporaries'] > 0  # the TPU compiler checked the fit
   assert 'the chip (its compiler checked that it fits)' in plan.format_plan(p, trainer)
+  assert len(plan.topology_devices('v4:2x2x1')) == 4  # one device per chip, as on a TPU VM
 
 
 @pytest.mark.parametrize(

@@ -40,8 +40,11 @@ def topology_devices(name: str) -> list:
   # libtpu keeps a second process off a machine's TPUs with a lock file; described devices are
   # no TPU, and plans (parallel tests, say) may run side by side.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  # v4 and v5p chips have two TensorCores that a TPU VM shows as one device ("megacore").
+  chip = 'megacore' if name.partition(':')[0] in ('v4', 'v5p') else 'default'
   try:
-    return list(topologies.get_topology_desc(platform='tpu', topology_name=name).devices)
+    desc = topologies.get_topology_desc(platform='tpu', topology_name=name, chip_config_name=chip)
+    return list(desc.devices)
   except Exception as e:  # noqa: BLE001 -- RuntimeError without libtpu, JaxRuntimeError for names
     reason = str(e).splitlines()[0]
     if 'not installed' in reason:
