@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import re
 
@@ -50,6 +51,13 @@ def test_a_plan_that_does_not_fit_names_what_to_change():
   plan.check_fits(dict(p, capacity=32 * 2**30))
 
 
+# In the test extra wherever libtpu exists (Linux x86-64, as CI).
+needs_libtpu = pytest.mark.skipif(
+  importlib.util.find_spec('libtpu') is None, reason='libtpu is built for Linux x86-64 only'
+)
+
+
+@needs_libtpu
 def test_a_described_tpu_slice_compiles_splash_attention_to_its_tpu_kernel():
   """No TPU here: libtpu's compiler builds the step for a v5e 2×2 slice that is only described."""
   cfg = tiny_config()
@@ -65,6 +73,7 @@ def test_a_described_tpu_slice_compiles_splash_attention_to_its_tpu_kernel():
   assert len(plan.topology_devices('v4:2x2x1')) == 4  # one device per chip, as on a TPU VM
 
 
+@needs_libtpu
 @pytest.mark.parametrize(
   'args, message',
   [
