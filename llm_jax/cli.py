@@ -73,7 +73,8 @@ def _define_flags(argv) -> flags.FlagValues:
     'out', None, 'export: params-only checkpoint dir; prepare: shard dir.', flag_values=fv
   )
   flags.DEFINE_string(
-    'json', None, 'bench: also write the result as JSON to this file.', flag_values=fv
+    'json', None, 'bench, train --dry_run: also write the result as JSON to this file.',
+    flag_values=fv,
   )
   _define_prepare_flags(fv)
   return fv
@@ -165,7 +166,10 @@ def _train(fv) -> int:
     from llm_jax.train import plan
 
     devices = plan.topology_devices(fv.topology) if fv.topology else None
-    print(plan.dry_run(loop.Trainer(fv.config, workdir=None, devices=devices)))
+    planned, report = plan.dry_run(loop.Trainer(fv.config, workdir=None, devices=devices))
+    print(report)
+    if fv.json:
+      pathlib.Path(fv.json).write_text(json.dumps(planned, indent=2) + '\n')
     return 0
   if not fv.workdir:
     raise UsageError('--workdir is required for train')

@@ -7,6 +7,7 @@ os.environ['XLA_FLAGS'] = (
 ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
@@ -14,6 +15,10 @@ import pytest  # noqa: E402
 from llm_jax import config  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# libtpu is in the test extra wherever it is built (Linux x86-64, as CI).
+needs_libtpu = pytest.mark.skipif(
+  importlib.util.find_spec('libtpu') is None, reason='libtpu is built for Linux x86-64 only'
+)
 
 
 def tiny_config(**train):

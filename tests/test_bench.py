@@ -13,7 +13,7 @@ from flax import nnx
 from llm_jax import bench, config, models, perf
 from llm_jax.models.gpt import GPTConfig
 from llm_jax.train import tasks
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, needs_libtpu, tiny_config
 
 
 def as_reference(params):
@@ -149,8 +149,8 @@ def test_lever_sweep_runs_each_cell_against_the_baseline_of_its_batch(tmp_path):
   assert done.returncode == 0, done.stderr
   base, scan, chunk = json.loads(out.read_text())
   assert [c['lever'] for c in (base, scan, chunk)] == ['baseline', 'scan', 'loss_chunk']
-  assert base['speedup'] == 1.0
-  assert scan['speedup'] == pytest.approx(base['result']['step_s'] / scan['result']['step_s'])
+  assert base['versus'] == 1.0
+  assert scan['versus'] == pytest.approx(base['result']['step_s'] / scan['result']['step_s'])
   assert base['result']['config']['vocab_size'] == scan['result']['config']['vocab_size'] == 256
   assert (base['result']['config']['scan_layers'], scan['result']['config']['scan_layers']) == (
     False,
@@ -159,3 +159,20 @@ def test_lever_sweep_runs_each_cell_against_the_baseline_of_its_batch(tmp_path):
   assert base['result']['config']['attention'] == 'xla'  # what 'auto' resolved to on CPU
   assert 'train.loss_chunk=7 must divide data.seq_len=64' in chunk['result']['error']
   assert 'failed: ' in done.stdout  # the table shows the failed cell, and the sweep goes on
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_lever_sweep_plans_tpu_memory_without_a_tpu(tmp_path):
+  out = tmp_path / 'levers.json'
+  command = [
+    sys.executable, 'benchmarks/levers.py', '--config', 'configs/gpt_tiny.py', '--batch_sizes',
+    '64', '--levers', 'loss_chunk', '--loss_chunk', '16', '--topology', 'v5e:2x2',
+    '--json', str(out),
+  ]  # fmt: skip
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  base, chunk = json.loads(out.read_text())
+  assert base['result']['temporaries'] > chunk['result']['temporaries'] > 0
+  assert chunk['versus'] == pytest.approx(chunk['result']['total'] / base['result']['total'])
+  assert 'temporaries GiB' in done.stdout and 'memory vs base' in done.stdout

@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import re
 
@@ -7,7 +6,7 @@ import pytest
 from llm_jax import cli
 from llm_jax.config import ConfigError
 from llm_jax.train import loop, plan
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, needs_libtpu, tiny_config
 
 
 def test_dry_run_reports_memory_and_shardings_without_allocating(capsys, tmp_path):
@@ -49,12 +48,6 @@ def test_a_plan_that_does_not_fit_names_what_to_change():
     plan.check_fits(p)
   plan.check_fits(dict(p, capacity=None))  # unknown capacity (CPU): nothing to check
   plan.check_fits(dict(p, capacity=32 * 2**30))
-
-
-# In the test extra wherever libtpu exists (Linux x86-64, as CI).
-needs_libtpu = pytest.mark.skipif(
-  importlib.util.find_spec('libtpu') is None, reason='libtpu is built for Linux x86-64 only'
-)
 
 
 @needs_libtpu

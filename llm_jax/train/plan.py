@@ -147,8 +147,8 @@ def format_plan(plan: dict, trainer) -> str:
   )
 
 
-def dry_run(trainer) -> str:
-  """Plans the run without allocating it; ConfigError if it cannot fit."""
+def dry_run(trainer) -> tuple[dict, str]:
+  """Plans the run without allocating it: (the plan, its report); ConfigError if it cannot fit."""
   plan = memory_plan(trainer)
   check_fits(plan)
-  return format_plan(plan, trainer)
+  return plan, format_plan(plan, trainer)
