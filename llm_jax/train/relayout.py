@@ -65,7 +65,7 @@ def restack(state, target):
     return [combine([leaves[i] for i in sources]) for sources, combine in plan]
 
   shardings = [leaf.sharding for leaf in target_leaves]
-  return treedef.unflatten(jax.jit(build, out_shardings=shardings, donate_argnums=0)(source_leaves))
+  return treedef.unflatten(jax.jit(build, out_shardings=shardings)(source_leaves))
 
 
 def restore(ckpt, step: int, model_cfg, target_for, restore_fn):
