@@ -60,6 +60,12 @@ def _define_flags(argv) -> flags.FlagValues:
     'train --dry_run: plan for this TPU slice without one, e.g. v5e:2x2 (needs libtpu).',
     flag_values=fv,
   )
+  flags.DEFINE_integer(
+    'topology_slices',
+    1,
+    'train --dry_run --topology: that many slices (multislice, DCN).',
+    flag_values=fv,
+  )
   flags.DEFINE_integer('steps', 20, 'bench: timed steps.', flag_values=fv)
   flags.DEFINE_integer('warmup', 3, 'bench: untimed warm-up steps.', flag_values=fv)
   flags.DEFINE_enum(
@@ -73,7 +79,9 @@ def _define_flags(argv) -> flags.FlagValues:
     'out', None, 'export: params-only checkpoint dir; prepare: shard dir.', flag_values=fv
   )
   flags.DEFINE_string(
-    'json', None, 'bench, train --dry_run: also write the result as JSON to this file.',
+    'json',
+    None,
+    'bench, train --dry_run: also write the result as JSON to this file.',
     flag_values=fv,
   )
   _define_prepare_flags(fv)
@@ -165,7 +173,7 @@ def _train(fv) -> int:
   if fv.dry_run:
     from llm_jax.train import plan
 
-    devices = plan.topology_devices(fv.topology) if fv.topology else None
+    devices = plan.topology_devices(fv.topology, fv.topology_slices) if fv.topology else None
     planned, report = plan.dry_run(loop.Trainer(fv.config, workdir=None, devices=devices))
     print(report)
     if fv.json:

@@ -67,6 +67,19 @@ def test_a_described_tpu_slice_compiles_splash_attention_to_its_tpu_kernel():
 
 
 @needs_libtpu
+def test_two_described_slices_put_the_dcn_axis_across_them(capsys):
+  argv = ['llm-jax', 'train', '--config', str(REPO / 'configs/gpt_tiny.py'), '--dry_run']
+  mesh = ['--config.mesh.data=2', '--config.mesh.dcn_data=2', '--config.mesh.fsdp=4']
+  assert cli.main(argv + ['--topology=v5e:2x2', '--topology_slices=2', *mesh]) == 0
+  assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} over 8 TPU v5 lite" in capsys.readouterr().out
+  cfg = tiny_config()
+  cfg.mesh.update(data=2, dcn_data=2, fsdp=4)
+  trainer = loop.Trainer(cfg, workdir=None, devices=plan.topology_devices('v5e:2x2', slices=2))
+  slices = [{d.slice_index for d in row.flat} for row in trainer.mesh.devices]
+  assert slices == [{0}, {1}]  # only the data axis crosses slices; fsdp stays within one
+
+
+@needs_libtpu
 @pytest.mark.parametrize(
   'args, message',
   [

@@ -32,9 +32,9 @@ def per_device_bytes(tree) -> int:
   )
 
 
-def topology_devices(name: str) -> list:
-  """The devices of the TPU slice `name` (`v5e:2x2`, `v5p:2x2x1`, `v6e:4x4`, ...), with no TPU
-  behind them; ConfigError naming the flag when libtpu is missing or the name is unknown."""
+def topology_devices(name: str, slices: int = 1) -> list:
+  """The devices of `slices` TPU slices `name` (`v5e:2x2`, `v5p:2x2x1`, `v6e:4x4`, ...), with no
+  TPU behind them; ConfigError naming the flag when libtpu is missing or the name is unknown."""
   from jax.experimental import topologies
 
   # libtpu keeps a second process off a machine's TPUs with a lock file; described devices are
@@ -43,7 +43,9 @@ def topology_devices(name: str) -> list:
   # v4 and v5p chips have two TensorCores that a TPU VM shows as one device ("megacore").
   chip = 'megacore' if name.partition(':')[0] in ('v4', 'v5p') else 'default'
   try:
-    desc = topologies.get_topology_desc(platform='tpu', topology_name=name, chip_config_name=chip)
+    desc = topologies.get_topology_desc(
+      platform='tpu', topology_name=name, chip_config_name=chip, num_slices=slices
+    )
     return list(desc.devices)
   except Exception as e:  # noqa: BLE001 -- RuntimeError without libtpu, JaxRuntimeError for names
     reason = str(e).splitlines()[0]
