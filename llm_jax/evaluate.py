@@ -37,7 +37,12 @@ def evaluate(workdir, *, source: str = '', batches: int = 0) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   steps = loop.build_steps(cfg, task.model_cfg, mesh, task.loss, task.evaluate)
   step, params = loop.load_params(
-    workdir, task.model_cfg, mesh, cfg.mesh.rules, what='eval --workdir'
+    workdir,
+    task.model_cfg,
+    mesh,
+    cfg.mesh.rules,
+    what='eval --workdir',
+    target=steps.abstract.params,
   )
   outputs = [steps.eval(params, loop.put_batch(b, mesh, cfg.mesh.rules)) for b in task.eval_set]
   result = {'step': step, 'data': source or cfg.data.path or cfg.data.source}

@@ -262,18 +262,16 @@ def _resume(trainer, ckpt) -> int:
 
 def _restore_state(trainer, ckpt, step: int):
   """The training state saved at `step`, in the trainer's layout and shardings."""
-
-  def target_for(model_cfg):
-    if model_cfg == trainer.task.model_cfg:
-      return trainer.steps.abstract
-    return build_steps(trainer.cfg, model_cfg, trainer.mesh).abstract
-
-  return relayout.restore(ckpt, step, trainer.task.model_cfg, target_for, ckpt.restore)
+  other = lambda model_cfg: build_steps(trainer.cfg, model_cfg, trainer.mesh).abstract
+  return relayout.restore(
+    ckpt, step, trainer.steps.abstract, trainer.task.model_cfg, other, ckpt.restore
+  )
 
 
-def load_params(source, model_cfg, mesh, rules, *, what: str):
+def load_params(source, model_cfg, mesh, rules, *, what: str, target=None):
   """(step, parameters) of the newest checkpoint of a workdir or export directory `source`,
-  as parameters of `model_cfg` placed on `mesh` by `rules`.
+  as parameters of `model_cfg` placed on `mesh` by `rules`. `target`: those parameters'
+  restore target when the caller has it already (built from the same arguments otherwise).
 
   `what` names the setting that pointed at `source`, for the error messages.
   """
@@ -285,7 +283,8 @@ def load_params(source, model_cfg, mesh, rules, *, what: str):
     if step is None:
       raise checkpoint.CheckpointError(f'{what}={source}: it holds no checkpoint')
     target_for = lambda m: step_lib.abstract_params(m, mesh, rules)
-    return step, relayout.restore(ckpt, step, model_cfg, target_for, ckpt.restore_params)
+    target = target_for(model_cfg) if target is None else target
+    return step, relayout.restore(ckpt, step, target, model_cfg, target_for, ckpt.restore_params)
   finally:
     ckpt.close()
 
@@ -308,8 +307,11 @@ def load_model(workdir, *, what: str) -> RunModel:
   model_cfg = tasks.run_model_config(cfg, tok)
   single = dict(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   one_device = sharding.make_mesh(single, jax.devices()[:1])
-  graphdef, _, _ = step_lib.param_layout(model_cfg, one_device, cfg.mesh.rules)
-  step, params = load_params(workdir, model_cfg, one_device, cfg.mesh.rules, what=what)
+  graphdef, abstract, shardings = step_lib.param_layout(model_cfg, one_device, cfg.mesh.rules)
+  target = step_lib.with_shardings(abstract, shardings)
+  step, params = load_params(
+    workdir, model_cfg, one_device, cfg.mesh.rules, what=what, target=target
+  )
   return RunModel(cfg, tok, graphdef, params, step)
 
 

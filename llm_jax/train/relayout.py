@@ -68,11 +68,11 @@ def restack(state, target):
   return treedef.unflatten(jax.jit(build, out_shardings=shardings)(source_leaves))
 
 
-def restore(ckpt, step: int, model_cfg, target_for, restore_fn):
+def restore(ckpt, step: int, target, model_cfg, target_for, restore_fn):
   """`restore_fn(step, target)` for the checkpoint at `step`, whichever layer layout it was
-  saved in, in the layout of `model_cfg`. `target_for(model_cfg)` is the restore target (a tree
-  of ShapeDtypeStructs with shardings) of a model config."""
-  target = target_for(model_cfg)
+  saved in, in the layout of `model_cfg`, whose restore target (ShapeDtypeStructs with
+  shardings) `target` is. `target_for(model_cfg)` builds the target of the other layout, only
+  when the checkpoint has it."""
   saved_stacked = stacked(ckpt.saved_config(step))
   if saved_stacked == model_cfg.scan_layers:
     return restore_fn(step, target)
