@@ -163,6 +163,12 @@ def _parse(argv, *, needs_config: bool = True) -> flags.FlagValues:
     raise UsageError(lines[-1].split('ConfigError: ')[-1]) from None
 
 
+def _write_json(path: str | None, result: dict) -> None:
+  """A command's result as JSON at `path` (--json), when one was given."""
+  if path:
+    pathlib.Path(path).write_text(json.dumps(result, indent=2) + '\n')
+
+
 def _train(fv) -> int:
   import jax
 
@@ -176,8 +182,7 @@ def _train(fv) -> int:
     devices = plan.topology_devices(fv.topology, fv.topology_slices) if fv.topology else None
     planned, report = plan.dry_run(loop.Trainer(fv.config, workdir=None, devices=devices))
     print(report)
-    if fv.json:
-      pathlib.Path(fv.json).write_text(json.dumps(planned, indent=2) + '\n')
+    _write_json(fv.json, planned)
     return 0
   if not fv.workdir:
     raise UsageError('--workdir is required for train')
@@ -205,8 +210,7 @@ def _bench(fv) -> int:
   reference = {'auto': None, 'on': True, 'off': False}[fv.reference]
   result = bench.run(fv.config, steps=fv.steps, warmup=fv.warmup, reference=reference)
   print(bench.format_table(result))
-  if fv.json:
-    pathlib.Path(fv.json).write_text(json.dumps(result, indent=2) + '\n')
+  _write_json(fv.json, result)
   return 0
 
 
@@ -347,8 +351,7 @@ def _eval(args) -> int:
   result = evaluate.evaluate(a.workdir, source=a.source, batches=a.batches)
   for key, value in result.items():
     print(f'{key:<20} {value:.4f}' if isinstance(value, float) else f'{key:<20} {value}')
-  if a.json:
-    pathlib.Path(a.json).write_text(json.dumps(result, indent=2) + '\n')
+  _write_json(a.json, result)
   return 0
 
 

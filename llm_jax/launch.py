@@ -9,6 +9,7 @@ then runs them one after another here (`local`), on a Cloud TPU slice through `t
 nothing.
 """
 
+import copy
 import dataclasses
 import importlib.util
 import itertools
@@ -106,11 +107,12 @@ def expand(exp: Experiment) -> list[Run]:
 
 def check(exp: Experiment, runs: list[Run]) -> None:
   """LaunchError naming the first override that the base config does not have or accept."""
+  try:
+    base = config_lib.load_file(exp.config, REPO)
+  except config_lib.ConfigError as e:
+    raise LaunchError(f'experiment {exp.name}: {e}') from None
   for run in runs:
-    try:
-      cfg = config_lib.load_file(exp.config, REPO)
-    except config_lib.ConfigError as e:
-      raise LaunchError(f'experiment {exp.name}: {e}') from None
+    cfg = copy.deepcopy(base)  # still locked and type-safe: each run's overrides on their own
     for key, value in run.overrides.items():
       *parents, leaf = key.split('.')
       node = cfg

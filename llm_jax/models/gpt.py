@@ -315,6 +315,11 @@ class GPT(nnx.Module):
     self.blocks = make_blocks(cfg, lambda rngs: Block(cfg, rngs=rngs), rngs)
     self.ln_f = layer_norm(cfg, rngs)
 
+  def _embed(self, tokens, positions):
+    """Token embeddings (B, T, C), plus learned positions (RoPE adds its own in attention)."""
+    x = self.wte(tokens)
+    return x + self.wpe(positions) if self.cfg.position == 'learned' else x
+
   def __call__(self, tokens, *, segment_ids=None, positions=None, rngs: nnx.Rngs | None = None):
     """Next-token logits (B, T, V) in fp32 for tokens (B, T); dropout only when `rngs` is given.
 
@@ -331,9 +336,7 @@ class GPT(nnx.Module):
     block_size."""
     slots = cache.index + jnp.arange(tokens.shape[1])[None]  # (1, T)
     positions = jnp.maximum(slots - cache.starts[:, None], 0)  # (B, T); padding gets 0
-    x = self.wte(tokens)
-    if self.cfg.position == 'learned':
-      x = x + self.wpe(positions)
+    x = self._embed(tokens, positions)
     if self.cfg.scan_layers:  # the cache is carried whole; each layer updates its own slice
       graphdef = nnx.graphdef(self.blocks)
 
@@ -353,9 +356,6 @@ class GPT(nnx.Module):
     """The final hidden states (B, T, C), after the last LayerNorm."""
     if positions is None:
       positions = jnp.arange(tokens.shape[1])[None]  # (1, T): broadcast, not gathered per row
-    x = self.wte(tokens)  # (B, T, C)
-    if self.cfg.position == 'learned':
-      x = x + self.wpe(positions)
-    x = self.dropout(x, deterministic=rngs is None, rngs=rngs)
+    x = self.dropout(self._embed(tokens, positions), deterministic=rngs is None, rngs=rngs)
     x = apply_blocks(self.cfg, self.blocks, x, positions, segment_ids, rngs=rngs)
     return self.ln_f(x)
