@@ -2,7 +2,7 @@
 
     python benchmarks/levers.py [--config configs/gpt2.py:124m] [--batch_sizes 12,32,64]
         [--levers baseline,scan,remat_dots,...] [--steps 20] [--json levers.json]
-        [--topology v5e:2x2] [--config.KEY=VALUE ...]   # overrides apply to every cell
+        [--topology v5e:2x2|h100] [--config.KEY=VALUE ...]   # overrides apply to every cell
 
 For every batch size, the baseline (the config as it is) and then each lever run as separate
 `llm-jax bench` processes, because XLA flags are read once per process and peak device memory
@@ -11,13 +11,13 @@ memory and compile time, and its speed relative to the baseline at the same batc
 in this same run. A cell that fails (e.g. out of memory) is reported with its last error line.
 
 With `--topology`, nothing runs: each cell is `llm-jax train --dry_run --topology=...`, compiled
-by libtpu for that described TPU slice, and reports the per-chip memory the TPU compiler plans
-(temporaries, total), compile time and memory relative to the baseline.
+for that described TPU slice (libtpu) or GPU (JAX's CUDA plugin), and reports the per-device
+memory its compiler plans (temporaries, total), the kernels one step launches, compile time and
+memory relative to the baseline. A cell that would not fit the device fails with the plan's error.
 """
 
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -30,6 +30,11 @@ LEVERS = {
   'remat_dots': ('--config.model.remat=dots_saveable',),
   'remat_full': ('--config.model.remat=full',),
   'scan_remat_dots': ('--config.model.scan_layers=True', '--config.model.remat=dots_saveable'),
+  'scan_remat_dots_chunk': (
+    '--config.model.scan_layers=True',
+    '--config.model.remat=dots_saveable',
+    '--config.train.loss_chunk={loss_chunk}',
+  ),
   'loss_chunk': ('--config.train.loss_chunk={loss_chunk}',),
   'xla_attention': ('--config.model.attention=xla',),
   'splash': ('--config.model.attention=splash',),  # TPU
@@ -46,14 +51,12 @@ def run_cell(args, batch_size: int, overrides) -> dict:
       '--config', args.config, f'--config.train.batch_size={batch_size}',
       '--config.train.grad_accum_steps=1', f'--json={out}', *overrides,
     ]  # fmt: skip
-    env = os.environ.copy()
-    if args.topology:  # the host's own backend only traces; libtpu compiles
-      env.setdefault('JAX_PLATFORMS', 'cpu')
+    if args.topology:
       command = ['train', '--dry_run', f'--topology={args.topology}', *cell]
     else:
       command = ['bench', f'--steps={args.steps}', '--reference=off', *cell]
     done = subprocess.run(
-      [sys.executable, '-m', 'llm_jax', *command], capture_output=True, text=True, env=env
+      [sys.executable, '-m', 'llm_jax', *command], capture_output=True, text=True
     )
     if done.returncode != 0 or not out.exists():
       lines = [line for line in done.stderr.splitlines() if line.strip()] or ['no output']
@@ -74,6 +77,7 @@ TIMED = (
 PLANNED = (
   ('temporaries GiB', lambda r: f'{r["temporaries"] / GIB:.2f}'),
   ('total GiB', lambda r: f'{r["total"] / GIB:.2f}'),
+  ('kernels', lambda r: f'{r["kernels"]:,}'),
   ('compile s', lambda r: f'{r["compile_s"]:.1f}'),
 )
 
@@ -109,7 +113,7 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--loss_chunk', type=int, default=128, help='positions per loss chunk')
   parser.add_argument('--json', default='')
-  parser.add_argument('--topology', default='', help='plan memory for this TPU slice instead')
+  parser.add_argument('--topology', default='', help='plan for this TPU slice or GPU instead')
   args, common = parser.parse_known_args()
   if any(not arg.startswith('--config.') for arg in common):
     parser.error(f'unrecognized arguments: {" ".join(common)}')
@@ -130,9 +134,9 @@ def main() -> None:
       ratio = versus(result, base, planned)
       cells.append(dict(batch_size=batch_size, lever=lever, result=result, versus=ratio))
       print(table(cells[-1:], planned).splitlines()[-1], flush=True)
+      if args.json:  # after every cell: a sweep cut short by a time limit keeps what it measured
+        pathlib.Path(args.json).write_text(json.dumps(cells, indent=2) + '\n')
   print(table(cells, planned))
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(cells, indent=2) + '\n')
 
 
 if __name__ == '__main__':

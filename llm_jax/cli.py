@@ -57,13 +57,14 @@ def _define_flags(argv) -> flags.FlagValues:
   flags.DEFINE_string(
     'topology',
     None,
-    'train --dry_run: plan for this TPU slice without one, e.g. v5e:2x2 (needs libtpu).',
+    'train --dry_run: plan for hardware this machine lacks: a TPU slice (v5e:2x2, needs libtpu)'
+    ' or GPUs (h100, h100:8, h200, a100:8; needs the CUDA plugin).',
     flag_values=fv,
   )
   flags.DEFINE_integer(
     'topology_slices',
     1,
-    'train --dry_run --topology: that many slices (multislice, DCN).',
+    'train --dry_run --topology: that many TPU slices or GPU hosts (joined over DCN).',
     flag_values=fv,
   )
   flags.DEFINE_integer('steps', 20, 'bench: timed steps.', flag_values=fv)
@@ -177,9 +178,13 @@ def _train(fv) -> int:
   if fv.topology and not fv.dry_run:
     raise UsageError('--topology plans a run: use it with --dry_run')
   if fv.dry_run:
+    from llm_jax import topology
     from llm_jax.train import plan
 
-    devices = plan.topology_devices(fv.topology, fv.topology_slices) if fv.topology else None
+    devices = None
+    if fv.topology:  # the host only traces: its own accelerators stay out of the plan
+      jax.config.update('jax_platforms', 'cpu')
+      devices = topology.devices(fv.topology, fv.topology_slices)
     planned, report = plan.dry_run(loop.Trainer(fv.config, workdir=None, devices=devices))
     print(report)
     _write_json(fv.json, planned)

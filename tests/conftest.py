@@ -19,6 +19,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 needs_libtpu = pytest.mark.skipif(
   importlib.util.find_spec('libtpu') is None, reason='libtpu is built for Linux x86-64 only'
 )
+# So are JAX's CUDA plugin, ptxas and cuDNN, which compile for GPUs that are only described.
+needs_cuda_plugin = pytest.mark.skipif(
+  not all(importlib.util.find_spec(m) for m in ('jax_plugins.xla_cuda13', 'nvidia.cudnn')),
+  reason="JAX's CUDA plugin is in the test extra on Linux x86-64 only",
+)
 
 
 def tiny_config(**train):

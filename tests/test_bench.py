@@ -176,3 +176,4 @@ def test_lever_sweep_plans_tpu_memory_without_a_tpu(tmp_path):
   assert base['result']['temporaries'] > chunk['result']['temporaries'] > 0
   assert chunk['versus'] == pytest.approx(chunk['result']['total'] / base['result']['total'])
   assert 'temporaries GiB' in done.stdout and 'memory vs base' in done.stdout
+  assert base['result']['kernels'] > base['result']['optimizer_kernels'] > 0

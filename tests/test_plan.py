@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from llm_jax import cli
+from llm_jax import cli, topology
 from llm_jax.config import ConfigError
 from llm_jax.train import loop, plan
 from tests.conftest import REPO, needs_libtpu, tiny_config
@@ -57,13 +57,13 @@ def test_a_described_tpu_slice_compiles_splash_attention_to_its_tpu_kernel():
   cfg.model.update(block_size=128, attention='splash')
   cfg.data.seq_len = 128
   cfg.mesh.update(data=2, tensor=2)
-  trainer = loop.Trainer(cfg, workdir=None, devices=plan.topology_devices('v5e:2x2'))
+  trainer = loop.Trainer(cfg, workdir=None, devices=topology.devices('v5e:2x2'))
   p = plan.memory_plan(trainer)
   assert trainer.mesh.devices.flat[0].device_kind == 'TPU v5 lite' and trainer.mesh.size == 4
   assert 'tpu_custom_call' in trainer.train_step.as_text()  # the Pallas kernel, not interpreted
   assert p['capacity'] is None and p['temporaries'] > 0  # the TPU compiler checked the fit
   assert 'the chip (its compiler checked that it fits)' in plan.format_plan(p, trainer)
-  assert len(plan.topology_devices('v4:2x2x1')) == 4  # one device per chip, as on a TPU VM
+  assert len(topology.devices('v4:2x2x1')) == 4  # one device per chip, as on a TPU VM
 
 
 @needs_libtpu
@@ -74,7 +74,7 @@ def test_two_described_slices_put_the_dcn_axis_across_them(capsys):
   assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} over 8 TPU v5 lite" in capsys.readouterr().out
   cfg = tiny_config()
   cfg.mesh.update(data=2, dcn_data=2, fsdp=4)
-  trainer = loop.Trainer(cfg, workdir=None, devices=plan.topology_devices('v5e:2x2', slices=2))
+  trainer = loop.Trainer(cfg, workdir=None, devices=topology.devices('v5e:2x2', slices=2))
   slices = [{d.slice_index for d in row.flat} for row in trainer.mesh.devices]
   assert slices == [{0}, {1}]  # only the data axis crosses slices; fsdp stays within one
 

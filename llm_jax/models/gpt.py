@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm_jax.models import splash
-from llm_jax.sharding import constrain
+from llm_jax.sharding import constrain, platform
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 ATTENTION = ('auto', 'xla', 'cudnn', 'splash')
@@ -138,7 +138,7 @@ class Attention(nnx.Module):
     )
     self.causal = causal
     self.rope_theta = cfg.rope_theta if cfg.position == 'rope' else None
-    self.implementation = attention_implementation(cfg.attention, cfg.dtype, jax.default_backend())
+    self.attention, self.dtype = cfg.attention, cfg.dtype
 
   def _qkv(self, x, positions):
     qkv = self.qkv(x)  # (B, T, 3, N, H)
@@ -151,7 +151,10 @@ class Attention(nnx.Module):
     """x (B, T, C); positions (B or 1, T); segment_ids (B, T) or None: a query sees only the
     keys of its own segment; kv_lengths (B,) or None: keys past a row's length are padding."""
     q, k, v = self._qkv(x, positions)
-    if self.implementation == 'splash' and splash.supports(x.shape[1]):
+    # Resolved when traced, for the step's own devices: a plan for a described GPU from a CPU host
+    # gets the GPU's choice.
+    implementation = attention_implementation(self.attention, self.dtype, platform())
+    if implementation == 'splash' and splash.supports(x.shape[1]):
       y = splash.attention(
         q, k, v, causal=self.causal, segment_ids=segment_ids, kv_lengths=kv_lengths
       )
@@ -163,7 +166,7 @@ class Attention(nnx.Module):
         mask=segment_mask(segment_ids),
         is_causal=self.causal,
         key_value_seq_lengths=kv_lengths,
-        implementation='xla' if self.implementation == 'splash' else self.implementation,
+        implementation='xla' if implementation == 'splash' else implementation,
       )
     return self.proj(y)
 

@@ -2,23 +2,25 @@
 
 Parameter and optimizer-state bytes come from the abstract state's shardings (what one device
 holds); arguments, outputs and temporaries from XLA's `memory_analysis()` of the compiled step.
-Where the device reports its capacity (GPU, TPU) a plan that does not fit is an error naming the
-settings that would make it fit.
+Where the device's capacity is known (a GPU, or a described one) a plan that does not fit is an
+error naming the settings that would make it fit. The plan also counts the kernels one step
+launches, and how many of them the optimizer update takes.
 
-`--topology=v5e:2x2` plans for a TPU slice from any machine with libtpu installed (as MaxText's
-train_compile): the step is compiled by the TPU compiler for devices that are only described, so
-the Pallas kernels and shardings of a TPU run are checked before one is paid for, and XLA's own
-out-of-memory verdict for that chip becomes the same one-line error.
+`--topology=v5e:2x2` or `--topology=h100` plans for devices that are only described
+(`llm_jax.topology`), from any machine with that compiler installed: the kernels and shardings
+of a TPU or GPU run are checked before one is paid for. A TPU compiler's own out-of-memory
+verdict for its chip becomes the same one-line error; a described GPU holds what JAX's allocator
+would take of it.
 """
 
 import math
-import os
 import re
 
 import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from llm_jax import topology
 from llm_jax.config import ConfigError
 
 GIB = 2**30
@@ -30,28 +32,6 @@ def per_device_bytes(tree) -> int:
     math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
     for x in jax.tree.leaves(tree)
   )
-
-
-def topology_devices(name: str, slices: int = 1) -> list:
-  """The devices of `slices` TPU slices `name` (`v5e:2x2`, `v5p:2x2x1`, `v6e:4x4`, ...), with no
-  TPU behind them; ConfigError naming the flag when libtpu is missing or the name is unknown."""
-  from jax.experimental import topologies
-
-  # libtpu keeps a second process off a machine's TPUs with a lock file; described devices are
-  # no TPU, and plans (parallel tests, say) may run side by side.
-  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  # v4 and v5p chips have two TensorCores that a TPU VM shows as one device ("megacore").
-  chip = 'megacore' if name.partition(':')[0] in ('v4', 'v5p') else 'default'
-  try:
-    desc = topologies.get_topology_desc(
-      platform='tpu', topology_name=name, chip_config_name=chip, num_slices=slices
-    )
-    return list(desc.devices)
-  except Exception as e:  # noqa: BLE001 -- RuntimeError without libtpu, JaxRuntimeError for names
-    reason = str(e).splitlines()[0]
-    if 'not installed' in reason:
-      reason = "needs libtpu: pip install 'llm_jax[tpu]'"
-    raise ConfigError(f'--topology={name}: {reason}') from None
 
 
 def memory_plan(trainer) -> dict:
@@ -77,6 +57,7 @@ def memory_plan(trainer) -> dict:
     'aliased': stats.alias_size_in_bytes,
     'temporaries': stats.temp_size_in_bytes,
     'capacity': _capacity(trainer.mesh.devices.flat[0]),
+    **kernel_counts(trainer.train_step.as_text()),
   }
   # Donated state is aliased into the outputs, so it counts once.
   plan['total'] = plan['arguments'] + plan['outputs'] - plan['aliased'] + plan['temporaries']
@@ -84,11 +65,55 @@ def memory_plan(trainer) -> dict:
 
 
 def _capacity(device) -> int | None:
-  """A device's memory in bytes, where it says (not a CPU, not a described TPU)."""
+  """The bytes JAX's allocator has on a device, where known: what a device reports, or what it
+  would take of a described GPU (not a CPU, not a described TPU)."""
   try:
     return (device.memory_stats() or {}).get('bytes_limit')
-  except jax.errors.JaxRuntimeError:
-    return None
+  except jax.errors.JaxRuntimeError:  # a described device
+    return topology.gpu_capacity(device)
+
+
+# Instructions of a compiled program that launch no work of their own.
+_NO_KERNEL = frozenset(
+  ('parameter', 'get-tuple-element', 'tuple', 'bitcast', 'constant', 'after-all', 'partition-id',
+   'replica-id', 'opt-barrier', 'add-dependency', 'all-reduce-done', 'all-gather-done',
+   'collective-permute-done', 'copy-done', 'async-done', 'send-done', 'recv-done')
+)  # fmt: skip
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%\S+ = .*? ([a-z][a-z0-9-]*)\(')
+_CALLED = re.compile(r'(?:body|to_apply)=%([\w.-]+)')
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+
+
+def kernel_counts(hlo: str) -> dict:
+  """Kernels one run of a compiled program launches (fusions, library calls, copies,
+  collectives), loop bodies counted once per trip; and how many carry the `optimizer` scope."""
+  computations, entry, name = {}, None, None
+  for line in hlo.splitlines():
+    if line.endswith('{') and not line[:1].isspace():  # a computation's header
+      name = line.removeprefix('ENTRY ').split()[0].lstrip('%')
+      computations[name] = []
+      entry = name if line.startswith('ENTRY') else entry
+    elif name:
+      computations[name].append(line)
+
+  def count(computation) -> tuple[int, int]:
+    total = optimizer = 0
+    for line in computations[computation]:
+      op = _INSTRUCTION.match(line)
+      if op is None or op.group(1) in _NO_KERNEL:
+        continue
+      called = _CALLED.search(line)
+      if op.group(1) in ('while', 'call') and called:
+        trips = _TRIPS.search(line)
+        n = int(trips.group(1)) if trips else 1
+        inner = count(called.group(1))
+        total, optimizer = total + n * inner[0], optimizer + n * inner[1]
+      else:
+        total, optimizer = total + 1, optimizer + ('optimizer' in line)
+    return total, optimizer
+
+  total, optimizer = count(entry)
+  return {'kernels': total, 'optimizer_kernels': optimizer}
 
 
 def _advice(state: int, temporaries: int | None) -> str:
@@ -143,6 +168,8 @@ def format_plan(plan: dict, trainer) -> str:
       f'  step outputs      {gib("outputs")} ({plan["aliased"] / GIB:.3f} GiB aliased to inputs)',
       f'  temporaries       {gib("temporaries")}',
       f'  total             {gib("total")} of {capacity}',
+      f'kernels per step: {plan["kernels"]:,} ({plan["optimizer_kernels"]:,} in the optimizer'
+      ' update)',
       'parameter shardings:',
       *param_sharding_lines(trainer.steps.abstract.params),
     ]

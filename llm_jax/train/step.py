@@ -121,14 +121,16 @@ def make_train_step(graphdef, tx, schedule, loss_fn, *, accum_steps: int, dropou
       (loss, task_metrics), grads = grad_fn(state.params, batch, key)
     else:
       (loss, task_metrics), grads = accumulate(state.params, batch, key)
-    grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # A non-finite loss or gradient never reaches the parameters: the update is dropped and
-    # counted; the loop then halts or carries on (train.on_nonfinite).
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    # A named scope marks the update's kernels in profiles and in the compiled program.
+    with jax.named_scope('optimizer'):
+      grad_norm = optax.global_norm(grads)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      # A non-finite loss or gradient never reaches the parameters: the update is dropped and
+      # counted; the loop then halts or carries on (train.on_nonfinite).
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     first_bad = jnp.where(
       finite | (state.first_bad[0] >= 0),
       state.first_bad,
