@@ -87,13 +87,14 @@ def gpu_capacity(device) -> int | None:
 
 def _gpus(name: str, slices: int) -> list:
   kind, _, count = name.partition(':')
-  if not (count or '1').isdigit() or int(count or '1') < 1:
+  count = count or '1'
+  if not count.isdigit() or int(count) < 1:
     raise ConfigError(f'--topology={name}: write {kind} or {kind}:N for N GPUs of one host')
   from jax.experimental import topologies
 
   try:
     desc = topologies.get_topology_desc(
-      'gpus', 'cuda', target_config=target_config(GPUS[kind]), topology=f'1x{slices}x{count or 1}'
+      'gpus', 'cuda', target_config=target_config(GPUS[kind]), topology=f'1x{slices}x{count}'
     )
   except NotImplementedError:  # no CUDA plugin registered
     raise ConfigError(
