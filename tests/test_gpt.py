@@ -96,17 +96,22 @@ def test_attention_implementation_falls_back_off_gpu():
   assert attention_implementation('splash', 'bfloat16', 'tpu') == 'splash'
 
 
-def attention_outputs(name: str, **kw):
-  """A 2-layer model's logits for 2 rows of 128 and the gradients of their weighted sum:
-  causal with packed documents for GPT, bidirectional with a padded row for BERT."""
+def attention_case(name: str, **kw):
+  """A 2-layer model (graphdef, params) and its inputs (tokens, extra keyword arguments) for 2
+  rows of 128: causal with packed documents for GPT, bidirectional with a padded row for BERT."""
   family = BERTConfig if name == 'bert' else GPTConfig
   base = dict(vocab_size=50, block_size=128, n_layer=2, n_head=2, n_embd=32, position='rope')
   graphdef, params = nnx.split(models.build(family(**base, **kw), seed=0), nnx.Param)
-  x = tokens(2, 128)
   if name == 'gpt':
     extra = dict(segment_ids=jnp.array([[0] * 50 + [1] * 78, [0] * 128]))
   else:
     extra = dict(lengths=jnp.array([128, 90]))
+  return graphdef, params, tokens(2, 128), extra
+
+
+def attention_outputs(name: str, **kw):
+  """The case's logits and the gradients of their weighted sum."""
+  graphdef, params, x, extra = attention_case(name, **kw)
   weights = jax.random.normal(jax.random.key(3), (2, 128, 50))
   logits = lambda params: nnx.merge(graphdef, params)(x, **extra)
   grads = jax.jit(jax.grad(lambda params: jnp.sum(logits(params) * weights)))(params)

@@ -3,43 +3,28 @@
 import re
 
 import jax
-import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from llm_jax import cli, config, models, sharding, topology
+from llm_jax import cli, config, sharding, topology
 from llm_jax.config import ConfigError
-from llm_jax.models.bert import BERTConfig
-from llm_jax.models.gpt import GPTConfig
 from llm_jax.train import loop, plan
 from tests.conftest import REPO, needs_cuda_plugin, tiny_config
+from tests.test_gpt import attention_case
 
 H100_GIB = 0.75 * topology.GPUS['h100'].memory / 2**30  # what JAX's allocator takes: 59.33
 
 
 def described_gradient_hlo(name: str, dtype: str) -> str:
-  """The compiled H100 program of the gradients of a 2-layer model's logits: causal with packed
-  documents for GPT, bidirectional with padded rows for BERT (the cases the GPU test runs)."""
-  family = BERTConfig if name == 'bert' else GPTConfig
-  cfg = family(vocab_size=50, block_size=128, n_layer=2, n_head=2, n_embd=64, dtype=dtype)
-  graphdef, params = nnx.split(nnx.eval_shape(lambda: models.build(cfg, seed=0)), nnx.Param)
+  """The compiled H100 program of the gradients of the attention case's logits (the one the GPU
+  test runs: packed documents for GPT, padded rows for BERT)."""
+  graphdef, params, x, extra = attention_case(name, dtype=dtype)
   mesh = sharding.make_mesh(config.base_config().mesh, topology.devices('h100'))
-  on_mesh = lambda shape, dtype: jax.ShapeDtypeStruct(
-    shape, dtype, sharding=sharding.replicated(mesh)
-  )
-  extra = 'segment_ids' if name == 'gpt' else 'lengths'
-  extra_shape = (2, 128) if name == 'gpt' else (2,)
-
-  def loss(params, x, extra_ids):
-    return nnx.merge(graphdef, params)(x, **{extra: extra_ids}).sum()
-
-  args = (
-    jax.tree.map(lambda p: on_mesh(p.shape, p.dtype), params),
-    on_mesh((2, 128), jnp.int32),
-    on_mesh(extra_shape, jnp.int32),
-  )
+  on_mesh = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh))
+  loss = lambda params, x, extra: nnx.merge(graphdef, params)(x, **extra).sum()
   with sharding.activation_sharding(mesh):
-    return jax.jit(jax.grad(loss)).lower(*args).compile().as_text()
+    lowered = jax.jit(jax.grad(loss)).lower(*jax.tree.map(on_mesh, (params, x, extra)))
+  return lowered.compile().as_text()
 
 
 @needs_cuda_plugin
