@@ -25,13 +25,13 @@ commands:
   finetune train a classifier: llm-jax finetune --config configs/bert_cls.py --workdir runs/cls
                              --config.init_from=runs/bert
   bench   time a train step: llm-jax bench --config configs/gpt_tiny.py [--steps 20]
-  export  params only:       llm-jax export --workdir runs/tiny --out exports/tiny
+  export  params only:       llm-jax export --workdir runs/tiny --out exports/tiny [--force]
   sample  generate text:     llm-jax sample --workdir runs/tiny --prompt "To be" [--prompt ...]
                              [--max_new_tokens 200 --temperature 0.8 --top_k K --top_p P
                               --seed S --num_samples N]
   eval    score a run:       llm-jax eval --workdir runs/tiny [--source SPEC --batches N
                               --json out.json]
-  hf      GPT-2/BERT interop: llm-jax hf import --src HF_DIR --workdir runs/gpt2
+  hf      GPT-2/BERT interop: llm-jax hf import --src HF_DIR --workdir runs/gpt2 [--force]
                              llm-jax hf export --workdir runs/tiny --dst HF_DIR
   launch  an experiment:     llm-jax launch experiments/shakespeare_lr_sweep.py
                              [--target=local|tpu|slurm --dry_run --only=RUN_NAME]
@@ -79,6 +79,7 @@ def _define_flags(argv) -> flags.FlagValues:
   flags.DEFINE_string(
     'out', None, 'export: params-only checkpoint dir; prepare: shard dir.', flag_values=fv
   )
+  flags.DEFINE_bool('force', False, 'export: replace the step already in --out.', flag_values=fv)
   flags.DEFINE_string(
     'json',
     None,
@@ -296,7 +297,7 @@ def _export(fv) -> int:
 
   if not (fv.workdir and fv.out):
     raise UsageError('export needs --workdir RUN and --out DIR')
-  print(f'exported parameters to {loop.export(fv.workdir, fv.out)}')
+  print(f'exported parameters to {loop.export(fv.workdir, fv.out, force=fv.force)}')
   return 0
 
 
@@ -310,7 +311,8 @@ COMMANDS = {
 
 
 def _sample(args) -> int:
-  from llm_jax import config, generate
+  from llm_jax import config, data, generate, storage
+  from llm_jax.data import tokenizer as tokenizer_lib
   from llm_jax.train import loop
 
   parser = _ArgumentParser(prog='llm-jax sample', description='Sample text from a run.')
@@ -323,9 +325,11 @@ def _sample(args) -> int:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--num_samples', type=int, default=1, help='samples per prompt')
   a = parser.parse_args(args)
-  if a.max_new_tokens < 1 or a.num_samples < 1 or a.temperature < 0 or not 0 < a.top_p <= 1:
-    raise UsageError('need --max_new_tokens >= 1, --num_samples >= 1, --temperature >= 0 and'
-                     ' --top_p in (0, 1]')  # fmt: skip
+  if a.max_new_tokens < 1 or a.num_samples < 1:
+    raise UsageError('need --max_new_tokens >= 1 and --num_samples >= 1')
+  # top_k against the run's vocabulary before its parameters load, or anything compiles.
+  vocab = tokenizer_lib.load(storage.path(a.workdir) / data.TOKENIZER_FILE).vocab_size
+  config.validate_sampling(a, '--', vocab)
   run = loop.load_model(a.workdir, what='sample --workdir')
   if config.task_name(run.cfg) != 'lm':
     raise UsageError(f'sample needs a GPT language model; {a.workdir} holds a {run.cfg.model.name}'
@@ -368,11 +372,14 @@ def _hf(args) -> int:
   parser.add_argument('--src', help='import: a GPT2LMHeadModel or BertForMaskedLM directory')
   parser.add_argument('--workdir', required=True, help='import: the run to write; export: to read')
   parser.add_argument('--dst', help='export: the directory to write')
+  parser.add_argument(
+    '--force', action='store_true', help='import: into a run directory that is not empty'
+  )
   a = parser.parse_args(args)
   if a.direction == 'import':
     if not a.src:
       raise UsageError('hf import needs --src HF_DIR')
-    count = hf.import_model(a.src, a.workdir)
+    count = hf.import_model(a.src, a.workdir, force=a.force)
     print(f'imported {count:,} parameters from {a.src} into {a.workdir}')
   else:
     if not a.dst:
@@ -408,6 +415,7 @@ def main(argv=None) -> int:
   from llm_jax.launch import LaunchError
   from llm_jax.train.loop import NonFiniteError
 
+  runtime.select_platforms()  # before any backend starts: no plugin noise without hardware
   try:
     if command in ARGUMENT_COMMANDS:  # positional arguments: their own parsers
       return ARGUMENT_COMMANDS[command](argv[2:])

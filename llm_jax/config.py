@@ -270,6 +270,10 @@ def _check_task(cfg) -> None:
   )
   _choice(cfg, 'model', 'norm', NORMS)
   _check(0 < t.mask_rate < 1, f'train.mask_rate={t.mask_rate} must be in (0, 1)')
+  _check(
+    task != 'mlm' or cfg.data.seq_len >= 2,
+    f'data.seq_len={cfg.data.seq_len}: mlm needs at least 2 ([CLS] and one token to predict)',
+  )
   scheme = cfg.data.source.partition(':')[0]
   _check(
     task != 'classify' or (scheme in LABELLED_SOURCES and not cfg.data.path),
@@ -282,8 +286,25 @@ def _check_task(cfg) -> None:
   )
 
 
-def validate(cfg, num_devices: int, backend: str) -> None:
-  """Raise ConfigError naming the first field that cannot work on `num_devices` devices."""
+def fit_warmup(cfg) -> str | None:
+  """Shortens a warmup longer than the run to the run (a smoke run of a few steps of any
+  config); returns the one line that says so, or None."""
+  o, t = cfg.optimizer, cfg.train
+  if t.steps <= 0 or o.warmup_steps <= t.steps:  # validate names a bad train.steps
+    return None
+  note = (
+    f'optimizer.warmup_steps={o.warmup_steps} is longer than train.steps={t.steps}: warming up'
+    f' over all {t.steps} steps'
+  )
+  o.warmup_steps = t.steps
+  return note
+
+
+def validate(cfg, num_devices: int, backend: str, *, training: bool = True) -> None:
+  """Raise ConfigError naming the first field that cannot work on `num_devices` devices.
+
+  `training=False` (evaluation of a finished run): the train batch is not checked against them.
+  """
   m, t, o = cfg.model, cfg.train, cfg.optimizer
   _choice(cfg, 'model', 'name', tuple(MODELS))
   _choice(cfg, 'train', 'on_nonfinite', ('halt', 'skip'))
@@ -331,10 +352,7 @@ def validate(cfg, num_devices: int, backend: str) -> None:
     f' train.grad_accum_steps={t.grad_accum_steps}',
   )
   _check(o.lr > 0, f'optimizer.lr={o.lr} must be positive')
-  _check(
-    0 <= o.warmup_steps <= t.steps,
-    f'optimizer.warmup_steps={o.warmup_steps} must be in [0, train.steps={t.steps}]',
-  )
+  _check(o.warmup_steps >= 0, f'optimizer.warmup_steps={o.warmup_steps} must be >= 0')
   _check(0 <= o.min_lr_ratio <= 1, f'optimizer.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]')
   _check(o.weight_decay >= 0, f'optimizer.weight_decay={o.weight_decay} must be >= 0')
   _check(o.clip_norm >= 0, f'optimizer.clip_norm={o.clip_norm} must be >= 0 (0: off)')
@@ -366,7 +384,7 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   )
   micro = t.batch_size // t.grad_accum_steps
   _check(
-    micro % (data * fsdp) == 0,
+    not training or micro % (data * fsdp) == 0,
     f'train.batch_size={t.batch_size} / train.grad_accum_steps={t.grad_accum_steps} = {micro}'
     f' must be divisible by mesh data×fsdp = {data * fsdp}',
   )
@@ -378,5 +396,17 @@ def validate(cfg, num_devices: int, backend: str) -> None:
   _check(cfg.ckpt.max_to_keep > 0, f'ckpt.max_to_keep={cfg.ckpt.max_to_keep} must be positive')
   _check(cfg.ckpt.keep_period >= 0, f'ckpt.keep_period={cfg.ckpt.keep_period} must be >= 0')
   _choice(cfg, 'wandb', 'mode', ('online', 'offline', 'disabled'))
-  _check(cfg.sample.max_new_tokens >= 0, 'sample.max_new_tokens must be >= 0')
-  _check(cfg.sample.temperature >= 0, 'sample.temperature must be >= 0 (0: greedy)')
+  validate_sampling(cfg.sample, 'sample.')
+
+
+def validate_sampling(s, prefix: str, vocab_size: int | None = None) -> None:
+  """Checks sampling settings (`sample.*` of a config, or `sample`'s flags with prefix '--');
+  top_k against the tokenizer's `vocab_size` when it is known."""
+  _check(s.max_new_tokens >= 0, f'{prefix}max_new_tokens={s.max_new_tokens} must be >= 0')
+  _check(s.temperature >= 0, f'{prefix}temperature={s.temperature} must be >= 0 (0: greedy)')
+  _check(0 < s.top_p <= 1, f'{prefix}top_p={s.top_p} must be in (0, 1] (1: all ids)')
+  _check(s.top_k >= 0, f'{prefix}top_k={s.top_k} must be >= 0 (0: all ids)')
+  _check(
+    vocab_size is None or s.top_k <= vocab_size,
+    f'{prefix}top_k={s.top_k} is more than the {vocab_size} ids of the tokenizer',
+  )

@@ -30,11 +30,14 @@ def evaluate(workdir, *, source: str = '', batches: int = 0) -> dict:
     cfg.data.update(source=source, path='')
   if batches:
     cfg.eval.batches = batches
-  single_host = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
-  cfg.mesh.update(single_host)
-  config_lib.validate(cfg, jax.device_count(), jax.default_backend())
-  task = tasks.make(cfg, storage.path(workdir))  # the run's saved tokenizer, whatever the source
-  mesh = sharding.make_mesh(cfg.mesh)
+  # Data parallel over as many of this host's devices as split the eval batch evenly: the
+  # host need not have the devices (nor the mesh) the run trained on.
+  devices = jax.devices()[: math.gcd(jax.device_count(), cfg.eval.batch_size)]
+  cfg.mesh.update(data=len(devices), fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
+  config_lib.validate(cfg, len(devices), jax.default_backend(), training=False)
+  # The run's saved tokenizer, whatever the source; a reader writes nothing into the run.
+  task = tasks.make(cfg, storage.path(workdir), write=False)
+  mesh = sharding.make_mesh(cfg.mesh, devices)
   steps = loop.build_steps(cfg, task.model_cfg, mesh, task.loss, task.evaluate)
   step, params = loop.load_params(
     workdir,

@@ -191,9 +191,13 @@ def _model_section(hf: dict, src) -> dict:
   )  # fmt: skip
 
 
-def import_model(src, workdir) -> int:
+def import_model(src, workdir, *, force: bool = False) -> int:
   """Writes the GPT-2 or BERT in `src` as a params-only run in `workdir`; returns its parameter
-  count."""
+  count. A `workdir` that is not empty is refused, unless `force`: then its checkpoints are
+  moved aside (`checkpoints.replaced-TIME`), so the imported step is the run's only one."""
+  out = storage.path(workdir)
+  if out.exists() and any(out.iterdir()) and not force:
+    raise HFError(f'hf import --workdir {workdir} is not empty; --force imports into it anyway')
   hf = _read_config(src)
   bert = hf['model_type'] == 'bert'
   kind = 'wordpiece' if bert else 'gpt2'
@@ -215,8 +219,8 @@ def import_model(src, workdir) -> int:
   if expected != got:
     raise HFError(f'{src}: parameter shapes differ from the model its config.json describes')
   nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, pure))
-  out = storage.path(workdir)
   out.mkdir(parents=True, exist_ok=True)
+  checkpoint.move_aside(out, 'replaced')
   config_json = cfg.to_json_best_effort(indent=2)
   (out / config.CONFIG_FILE).write_text(config_json + '\n')
   tok.save(out / TOKENIZER_FILE)

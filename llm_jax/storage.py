@@ -38,6 +38,24 @@ def local_dir(workdir) -> pathlib.Path:
   return pathlib.Path(root) / f'{url.rpartition("/")[2]}-{digest}'
 
 
+def write_atomic(p, text: str) -> None:
+  """Writes `text` to `p` so that a reader sees the old file or the new one, never a part: a
+  local file is written beside it and renamed over it; a bucket object is replaced whole."""
+  if is_bucket(p):
+    path(p).write_text(text, encoding='utf-8')
+    return
+  target = pathlib.Path(p)
+  partial = target.with_name(f'.{target.name}.{os.getpid()}.partial')
+  try:
+    with open(partial, 'w', encoding='utf-8') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(partial, target)
+  finally:
+    partial.unlink(missing_ok=True)
+
+
 class AppendFile:
   """A text file written by appending. A bucket object cannot be appended to, so there the whole
   text is kept and rewritten on each flush (metrics files are small: one row per log step)."""

@@ -75,14 +75,15 @@ def _start_tensorboard(workdir: epath.Path):
 
 
 def drop_rows_after(workdir: epath.Path, step: int) -> None:
-  """Removes rows logged after `step`: a run restored to `step` logs those steps again."""
+  """Removes rows logged after `step`: a run restored to `step` logs those steps again. The file
+  is replaced whole, so a crash in between leaves the old rows, never a part of them."""
   path = workdir / METRICS_FILE
   if not path.exists():
     return
   lines = path.read_text(encoding='utf-8').splitlines(keepends=True)
   kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
   if len(kept) != len(lines):
-    path.write_text(''.join(kept), encoding='utf-8')
+    storage.write_atomic(path, ''.join(kept))
 
 
 class Tracker:

@@ -10,8 +10,8 @@ from llm_jax import cli
 from tests.conftest import REPO
 
 
-def llm_jax(*args, timeout=300):
-  env = dict(os.environ, PYTHONUNBUFFERED='1')
+def llm_jax(*args, timeout=300, **env):
+  env = dict(os.environ, PYTHONUNBUFFERED='1', **env)
   return subprocess.run(
     [sys.executable, '-m', 'llm_jax', *args],
     cwd=REPO,
@@ -131,3 +131,93 @@ def test_prepare_names_a_missing_file(tmp_path, capsys):
                   f'--config.data.path={tmp_path}/none'])  # fmt: skip
   err = capsys.readouterr().err.strip()
   assert code == 2 and 'none: no manifest.json there' in err and err.count('\n') == 0
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  """A finished 6-step gpt_tiny run on the embedded corpus (char tokenizer, 80 ids)."""
+  from llm_jax.train import loop
+  from tests.conftest import tiny_config
+
+  workdir = tmp_path_factory.mktemp('run')
+  loop.train(tiny_config(steps=6, log_every=3), workdir)
+  return workdir
+
+
+@pytest.mark.parametrize(
+  'flags, message',
+  [
+    (['--top_k', '1000'], '--top_k=1000 is more than the 80 ids of the tokenizer'),
+    (['--top_k', '-3'], '--top_k=-3 must be >= 0 (0: all ids)'),
+    (['--top_p', '0'], '--top_p=0.0 must be in (0, 1] (1: all ids)'),
+    (['--temperature', '-1'], '--temperature=-1.0 must be >= 0 (0: greedy)'),
+  ],
+)
+def test_bad_sampling_flags_are_one_line_before_anything_loads(run_dir, flags, message, capsys):
+  assert in_repo(['sample', '--workdir', str(run_dir), *flags]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == f'llm-jax sample: error: {message}'
+
+
+def test_a_configs_top_k_is_checked_before_training(tmp_path, capsys):
+  args = ['train', '--config', 'configs/gpt_tiny.py', '--workdir', str(tmp_path / 'w')]
+  assert in_repo(args + ['--config.sample.top_k=1000']) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == 'llm-jax train: error: sample.top_k=1000 is more than the 80 ids of the tokenizer'
+  assert not (tmp_path / 'w' / 'checkpoints').exists()  # nothing trained, nothing saved
+
+
+def test_export_into_a_directory_holding_that_step_needs_force(run_dir, tmp_path, capsys):
+  export = ['export', '--workdir', str(run_dir), '--out', str(tmp_path / 'out')]
+  assert in_repo(export) == 0
+  first = sorted(p.name for p in (tmp_path / 'out' / 'checkpoints').iterdir())
+  capsys.readouterr()
+  assert in_repo(export) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count('\n') == 0 and 'already holds step 6' in err and '--force' in err
+  assert in_repo([*export, '--force']) == 0
+  assert sorted(p.name for p in (tmp_path / 'out' / 'checkpoints').iterdir()) == first == ['6']
+
+
+@pytest.mark.slow
+def test_eval_runs_on_a_host_with_other_devices_than_training(run_dir):
+  """Trained on 8 devices with batches of 16; evaluated where 3 devices divide neither."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=3')
+  result = subprocess.run(
+    [sys.executable, '-m', 'llm_jax', 'eval', '--workdir', str(run_dir)],
+    cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert 'step                 6' in result.stdout and 'eval_perplexity' in result.stdout
+
+
+@pytest.mark.slow
+def test_a_smoke_run_of_a_shipped_config_cuts_its_warmup_to_the_run(tmp_path):
+  result = llm_jax(
+    'train', '--config', 'configs/gpt_shakespeare.py:cpu', '--workdir', str(tmp_path),
+    '--config.train.steps=10', '--config.wandb.mode=disabled', '--config.eval.batches=2',
+    XLA_FLAGS='',  # the CPU recipe's one device
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  note = 'optimizer.warmup_steps=100 is longer than train.steps=10: warming up over all 10 steps'
+  assert [line for line in result.stderr.splitlines() if 'warmup' in line] == [
+    f'WARNING:root:{note}'
+  ]
+  assert json.loads((tmp_path / 'config.json').read_text())['optimizer']['warmup_steps'] == 10
+
+
+def test_no_command_prints_plugin_noise_on_a_machine_without_the_hardware(tmp_path):
+  """The test extra installs JAX's CUDA plugin and libtpu; this machine has neither a GPU nor a
+  TPU, and JAX_PLATFORMS is left unset as a user would."""
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  for args in (
+    ['train', '--config', 'configs/gpt_tiny.py', '--dry_run'],
+    ['train', '--config', 'configs/gpt_tiny.py', '--dry_run', '--topology=h100'],
+  ):
+    result = subprocess.run(
+      [sys.executable, '-m', 'llm_jax', *args], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for noise in ('Traceback', 'cuFFT', 'TPU', 'libtpu', 'plugin'):
+      assert noise not in result.stderr, result.stderr

@@ -28,6 +28,13 @@ def test_every_config_validates_and_builds_abstractly(path, arg):
   cfg = load_config_file(path, arg)
   # The CPU quickstart targets one device; every other config must also fit 8-way data parallel.
   config.validate(cfg, num_devices=1 if arg == 'cpu' else 8, backend='cpu')
+  # A smoke run of 10 steps is valid too: a longer warmup is cut to the run, in one line.
+  warmup = cfg.optimizer.warmup_steps
+  cfg.train.steps = 10
+  note = config.fit_warmup(cfg)
+  assert (note is None) == (warmup <= 10) and cfg.optimizer.warmup_steps == min(warmup, 10)
+  assert note is None or note.count('\n') == 0 and f'warmup_steps={warmup}' in note
+  config.validate(cfg, num_devices=1 if arg == 'cpu' else 8, backend='cpu')
   model_cfg = models.model_config(cfg.model, vocab_size=80)
   abstract = nnx.eval_shape(lambda: models.build(model_cfg, seed=0))
   n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
@@ -65,11 +72,15 @@ def test_config_is_locked_against_new_keys():
       'train.batch_size=16 must be divisible by train.grad_accum_steps=3',
     ),
     ('optimizer.lr', 0.0, 'optimizer.lr=0.0 must be positive'),
-    ('optimizer.warmup_steps', 1000, 'optimizer.warmup_steps=1000'),
+    ('optimizer.warmup_steps', -1, 'optimizer.warmup_steps=-1 must be >= 0'),
+    ('sample.top_k', -3, r'sample.top_k=-3 must be >= 0 \(0: all ids\)'),
+    ('sample.top_p', 0.0, r'sample.top_p=0.0 must be in \(0, 1\]'),
+    ('sample.temperature', -1.0, 'sample.temperature=-1.0 must be >= 0'),
     ('model.name', 'bart', "model.name='bart' must be one of gpt, bert"),
     ('train.task', 'mlm', "train.task='mlm' does not train a gpt"),
     ('train.task', 'pretrain', "train.task='pretrain' must be one of"),
     ('train.mask_rate', 1.0, r'train.mask_rate=1.0 must be in \(0, 1\)'),
+    ('data.seq_len', 1, 'data.seq_len=1: mlm needs at least 2'),
     ('model.norm', 'sandwich', "model.norm='sandwich' must be one of post, pre"),
     ('model.dtype', 'float16', "model.dtype='float16' must be one of"),
     ('model.attention', 'cudnn', "model.attention='cudnn' needs a GPU"),
@@ -98,6 +109,8 @@ def test_invalid_values_name_the_field(field, value, message):
   cfg[section][key] = value
   if field == 'mesh.tensor':
     cfg.mesh.data = 1
+  if message.startswith('data.seq_len=1'):
+    cfg.model.update(name='bert', position='rope')
   with pytest.raises(config.ConfigError, match=message):
     config.validate(cfg, num_devices=8, backend='cpu')
 

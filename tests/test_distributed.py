@@ -2,10 +2,13 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -116,3 +119,86 @@ def test_a_missing_peer_is_a_clear_error_not_a_hang(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('llm-jax train: error: could not reach the coordinator 127.0.0.1:')
   assert 'distributed.timeout_s=3' in last
+
+
+# tests.conftest is not imported: it would give each process 8 devices.
+PREEMPTIBLE = """
+import json, sys
+from llm_jax import config, distributed
+from llm_jax.train import loop
+
+process_id, address, workdir, steps = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+cfg = config.preset('gpt_tiny')
+cfg.train.update(steps=steps, batch_size=16, log_every=10)
+cfg.eval.batches = 0
+cfg.optimizer.update(lr=3e-3, warmup_steps=5)
+cfg.sample.max_new_tokens = 0
+cfg.wandb.mode = 'disabled'
+cfg.ckpt.update(every_steps=50, max_to_keep=10)
+cfg.distributed.update(num_processes=2, process_id=process_id, coordinator_address=address)
+cfg.mesh.dcn_data = 2
+distributed.initialize(cfg.distributed)
+print(json.dumps(loop.train(cfg, workdir)))
+"""
+
+
+def two_processes(workdir, steps):
+  address = f'127.0.0.1:{free_port()}'
+  return [
+    subprocess.Popen(
+      [sys.executable, '-c', PREEMPTIBLE, str(i), address, str(workdir), str(steps)],
+      cwd=REPO,
+      env=env(1),  # one device a process: gloo on 2 cores is slow with more
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )  # fmt: skip
+    for i in range(2)
+  ]
+
+
+def final_state(workdir, step):
+  from llm_jax import checkpoint
+  from llm_jax.train import loop
+  from tests.conftest import tiny_config
+
+  cfg = tiny_config()
+  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
+  try:
+    return ckpt.restore(step, loop.Trainer(cfg, None).steps.abstract)
+  finally:
+    ckpt.close()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_at_the_same_step_and_the_rerun_resumes_exactly(tmp_path):
+  """Preemption of a 2-process run: SIGTERM to one process, or to both a second apart (as
+  tpu_scripts/stop.sh signals workers one by one). JAX's preemption sync point makes both stop
+  after the same step and save it together; neither hangs in the collective save."""
+  from tests.test_checkpoint import rows, without_timings
+
+  steps = 200
+  straight = [summary(p) for p in two_processes(tmp_path / 'straight', steps)]
+  assert all('preempted_at' not in s for s in straight)
+  for signalled in ('one', 'both'):
+    workdir = tmp_path / signalled
+    procs = two_processes(workdir, steps)
+    deadline = time.monotonic() + 240
+    while not (workdir / 'checkpoints' / '50').exists():
+      assert all(p.poll() is None for p in procs), procs[0].communicate()[1]
+      assert time.monotonic() < deadline
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    if signalled == 'both':
+      time.sleep(1.0)
+      procs[0].send_signal(signal.SIGTERM)
+    stopped = {summary(p).get('preempted_at') for p in procs}  # both exit 0, within the timeout
+    assert len(stopped) == 1 and None not in stopped, stopped
+    [at] = stopped
+    assert 50 <= at < steps and (workdir / 'checkpoints' / str(int(at))).exists()
+    resumed = [summary(p) for p in two_processes(workdir, steps)]
+    assert all('preempted_at' not in s for s in resumed)
+    assert without_timings(rows(workdir)) == without_timings(rows(tmp_path / 'straight'))
+    got, want = (jax.tree.leaves(final_state(d, steps)) for d in (workdir, tmp_path / 'straight'))
+    for a, b in zip(got, want, strict=True):
+      np.testing.assert_array_equal(a, b)  # bit-identical params and optimizer state

@@ -42,6 +42,21 @@ def test_bf16_compute_keeps_fp32_params_and_tracks_fp32():
   np.testing.assert_allclose(m16(tokens()), m32(tokens()), atol=0.05)
 
 
+@pytest.mark.parametrize('family', ['gpt', 'bert'])
+def test_bf16_models_project_onto_the_vocabulary_in_fp32(family):
+  """The output projection accumulates and returns fp32 (as MaxText's): rounding its logits
+  to bf16 would put every one of them on bf16's 8-bit-mantissa grid."""
+  cfg = small(dtype='bfloat16')
+  if family == 'bert':
+    shared = {f.name for f in dataclasses.fields(BERTConfig)}
+    cfg = BERTConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in shared})
+  model = models.build(cfg, seed=0)
+  logits = model(tokens())
+  assert logits.dtype == jnp.float32
+  on_bf16_grid = logits.astype(jnp.bfloat16).astype(jnp.float32) == logits
+  assert float(on_bf16_grid.mean()) < 0.05
+
+
 def test_every_parameter_names_known_logical_axes():
   model = models.build(small(), seed=0)
   params = nnx.state(model, nnx.Param)

@@ -78,6 +78,25 @@ def test_an_imported_model_samples_and_evaluates_like_a_run(tmp_path, capsys):
   assert 'eval_perplexity' in capsys.readouterr().out
 
 
+def test_import_into_a_run_directory_that_is_not_empty_needs_force(tmp_path, capsys):
+  hf_gpt2(tmp_path / 'hf')
+  run = tmp_path / 'run'
+  loop.train(small_config('gpt_tiny', 'shakespeare', steps=4, log_every=2), run)
+  capsys.readouterr()
+  imported = ['llm-jax', 'hf', 'import', '--src', str(tmp_path / 'hf'), '--workdir', str(run)]
+  assert cli.main(imported) == 2
+  err = capsys.readouterr().err.strip()
+  assert (
+    err
+    == f'llm-jax hf: error: hf import --workdir {run} is not empty; --force imports into it anyway'
+  )
+  assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == ['4']  # untouched
+  assert cli.main([*imported, '--force']) == 0
+  aside = [p.name for p in run.glob('checkpoints.replaced-*')]
+  assert len(aside) == 1 and sorted(p.name for p in (run / aside[0]).iterdir()) == ['4']
+  assert loop.load_model(run, what='test').step == 0  # the import, not the old run's step 4
+
+
 WORDS = 'to be or not that is the question now winter of our discontent'.split()
 
 

@@ -39,25 +39,49 @@ def small_config(preset, source, **train):
 
 
 def test_masking_statistics_over_many_draws():
-  eos, cls, mask, vocab = 3, 50, 51, 50
-  tokens = jax.random.randint(jax.random.key(0), (256, 512), 0, vocab)
-  tokens = tokens.at[:, 0].set(cls).at[:, ::64].set(eos)
+  eos, cls, mask, pad, vocab = 3, 50, 51, 0, 50
+  tokens = jax.random.randint(jax.random.key(0), (256, 512), 1, vocab)
+  tokens = tokens.at[:, 0].set(cls).at[:, ::64].set(eos).at[:, -8:].set(pad)
+  never = (pad, eos, cls, mask)
+  replacements = tasks.replacement_ids(vocab, never)
   masked, chosen = tasks.mask_tokens(
-    jax.random.key(1), tokens, rate=0.15, mask_id=mask, eos_id=eos, vocab=vocab, never=(cls, eos)
+    jax.random.key(1), tokens, rate=0.15, mask_id=mask, replacements=replacements, never=never
   )
-  special = (tokens == cls) | (tokens == eos)
+  special = jnp.isin(tokens, jnp.asarray(never))
   assert not jnp.any(chosen & special) and jnp.all(masked[special] == tokens[special])
   assert float(chosen[~special].mean()) == pytest.approx(0.15, abs=0.003)
   became_mask = masked[chosen] == mask
   kept = masked[chosen] == tokens[chosen]
   random = ~became_mask & ~kept
   assert float(became_mask.mean()) == pytest.approx(0.8, abs=0.01)
-  # A random replacement can hit the original id (1 time in vocab - 1), counted as kept.
-  assert float(kept.mean()) == pytest.approx(0.1 + 0.1 / 49, abs=0.01)
-  assert float(random.mean()) == pytest.approx(0.1 - 0.1 / 49, abs=0.01)
+  # A random replacement can hit the original id (1 time in the 48 it draws from), counted kept.
+  assert len(replacements) == 48
+  assert float(kept.mean()) == pytest.approx(0.1 + 0.1 / 48, abs=0.01)
+  assert float(random.mean()) == pytest.approx(0.1 - 0.1 / 48, abs=0.01)
   replaced = masked[chosen][random]
-  assert jnp.all(replaced < vocab) and not jnp.any(replaced == eos)
+  assert jnp.all(replaced < vocab) and not jnp.any(jnp.isin(replaced, jnp.asarray(never)))
   assert not jnp.any(masked[~chosen] != tokens[~chosen])
+
+
+def test_mlm_never_draws_a_wordpiece_special_as_the_random_id(tmp_path):
+  """BERT's vocabulary holds [PAD] [UNK] [CLS] [SEP] [MASK] among its ids: none of them may be
+  chosen for prediction or drawn as a replacement."""
+  specials = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+  words = [f'w{i}' for i in range(20)]
+  vocab = specials[:2] + words[:5] + specials[2:] + words[5:]
+  (tmp_path / 'vocab.txt').write_text('\n'.join(vocab))
+  (tmp_path / 'corpus.txt').write_text('\n\n'.join(' '.join(words) for _ in range(40)))
+  cfg = small_config('bert_tiny', f'text:{tmp_path / "corpus.txt"}')
+  cfg.data.update(tokenizer=f'wordpiece:{tmp_path}', val_fraction=0.5)
+  task = tasks.make(cfg, None)
+  ids = {task.tokenizer._tok.token_to_id(t) for t in specials}
+  assert ids == {0, 1, 7, 8, 9} and ids <= set(task.mask['never'])
+  assert not ids & set(task.mask['replacements'].tolist())
+  tokens = jax.random.randint(jax.random.key(0), (64, 128), 0, task.tokenizer.vocab_size)
+  masked, chosen = tasks.mask_tokens(jax.random.key(1), tokens, **task.mask)
+  assert not jnp.any(chosen & jnp.isin(tokens, jnp.asarray(list(ids))))
+  replaced = masked[chosen & (masked != tokens) & (masked != task.mask_id)]
+  assert replaced.size > 50 and not jnp.any(jnp.isin(replaced, jnp.asarray(list(ids))))
 
 
 @pytest.mark.slow
@@ -159,8 +183,9 @@ def test_mlm_logits_at_the_chosen_positions_only_give_the_dense_loss_and_gradien
     return task._scored(model, batch['inputs'], batch['targets'], batch['weights'], None)
 
   (want, want_acc), want_grads = jax.value_and_grad(dense, has_aux=True)(params)
-  (got, got_acc), got_grads = jax.value_and_grad(sparse, has_aux=True)(params)
+  (got, (got_metrics, weight)), got_grads = jax.value_and_grad(sparse, has_aux=True)(params)
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  assert float(got_acc) == float(want_acc)
+  assert float(got_metrics['mlm_accuracy']) == float(want_acc)
+  assert float(weight) == float(batch['weights'].sum())  # the positions its mean is over
   for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -22,6 +22,7 @@ KINDS = ('char', 'byte', 'bpe', 'gpt2', 'wordpiece', 'sentencepiece')
 WITH_FILES = ('gpt2', 'wordpiece', 'sentencepiece')  # kinds read from files: KIND:PATH
 EOS_TEXT = '<|endoftext|>'
 WORDPIECE_SEP = '[SEP]'  # BERT's separator: the end of a document
+WORDPIECE_SPECIALS = ('[PAD]', '[UNK]', '[CLS]', WORDPIECE_SEP, '[MASK]')
 UNKNOWN = '\ufffd'
 MIN_BPE_VOCAB = 258  # 256 byte symbols, the end-of-sequence token and at least one merge
 
@@ -57,6 +58,10 @@ class Tokenizer:
     """The narrowest unsigned type holding every id: token files take half the space in uint16."""
     return np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
 
+  def special_ids(self) -> tuple[int, ...]:
+    """The ids that stand for no text of their own (EOS, unknown, padding, [CLS], ...)."""
+    return (self.eos_id,)
+
   def encode(self, text: str) -> np.ndarray:
     raise NotImplementedError
 
@@ -73,7 +78,8 @@ class Tokenizer:
     return dict(kind=self.kind, **self.to_json())
 
   def save(self, path: epath.Path) -> None:
-    path.write_text(json.dumps(self.spec()), encoding='utf-8')
+    """Writes the tokenizer at `path`; another process reading it meanwhile sees all or none."""
+    storage.write_atomic(path, json.dumps(self.spec()))
 
 
 class CharTokenizer(Tokenizer):
@@ -96,6 +102,9 @@ class CharTokenizer(Tokenizer):
     for text in texts:
       seen.update(text)
     return cls(''.join(sorted(seen)))
+
+  def special_ids(self):
+    return (self.unknown_id, self.eos_id)
 
   def encode(self, text: str) -> np.ndarray:
     return np.fromiter((self._ids.get(c, self.unknown_id) for c in text), self.dtype, len(text))
@@ -196,6 +205,11 @@ class HFTokenizer(Tokenizer):
     tok.add_special_tokens([EOS_TEXT])
     return cls('gpt2', tok)
 
+  def special_ids(self):
+    added = [i for i, t in self._tok.get_added_tokens_decoder().items() if t.special]
+    named = [self._tok.token_to_id(t) for t in (EOS_TEXT, *WORDPIECE_SPECIALS)]
+    return tuple(sorted({self.eos_id, *added, *(i for i in named if i is not None)}))
+
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, self.dtype)
 
@@ -250,6 +264,10 @@ class SentencePieceTokenizer(Tokenizer):
       return cls(pathlib.Path(path).read_bytes(), name=path)
     except FileNotFoundError:
       raise FileNotFoundError(f'data.tokenizer=sentencepiece:{path}: {path} not found') from None
+
+  def special_ids(self):
+    sp = self._sp
+    return tuple(i for i in range(self.vocab_size) if sp.is_control(i) or sp.is_unknown(i))
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._sp.encode(text), self.dtype)

@@ -23,6 +23,7 @@ from llm_jax.models.gpt import (
   layer_norm,
   make_blocks,
   normal,
+  tied_logits,
 )
 
 NORMS = ('post', 'pre')
@@ -129,4 +130,4 @@ class BERT(nnx.Module):
     if positions is not None:
       x = jnp.take_along_axis(x, positions[..., None], axis=1)  # (B, K, C)
     x = self.mlm_ln(jax.nn.gelu(self.mlm_dense(x), approximate=False))
-    return (self.encoder.wte.attend(x) + self.mlm_bias[...]).astype(jnp.float32)  # tied decoder
+    return tied_logits(self.encoder.wte, x) + self.mlm_bias[...]  # tied decoder

@@ -293,6 +293,15 @@ def apply_blocks(cfg, blocks, x, *args, rngs: nnx.Rngs | None):
   return x
 
 
+def tied_logits(wte: nnx.Embed, x):
+  """The tied output projection of hidden states (B, T, C) onto the vocabulary: (B, T, V) in
+  fp32. The matmul runs in the compute dtype but accumulates and returns fp32, so the loss and
+  the sampler see full-precision logits (in bf16 they would keep 8 bits of mantissa)."""
+  return jnp.einsum(
+    '...c,vc->...v', x, wte.embedding[...].astype(x.dtype), preferred_element_type=jnp.float32
+  )
+
+
 class GPT(nnx.Module):
   def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -330,7 +339,7 @@ class GPT(nnx.Module):
     (B, T) count from each document's start (default 0..T-1).
     """
     x = self.hidden(tokens, segment_ids=segment_ids, positions=positions, rngs=rngs)
-    return self.wte.attend(x).astype(jnp.float32)  # tied output projection
+    return tied_logits(self.wte, x)
 
   def decode(self, tokens, cache: KVCache):
     """Logits (B, T, V) in fp32 for `tokens` (B, T) in the cache's next T slots, and the cache
@@ -352,7 +361,7 @@ class GPT(nnx.Module):
     else:
       for i, block in enumerate(self.blocks):
         x, cache = block.decode(x, positions, cache, i)
-    logits = self.wte.attend(self.ln_f(x)).astype(jnp.float32)
+    logits = tied_logits(self.wte, self.ln_f(x))
     return logits, cache._replace(index=cache.index + tokens.shape[1])
 
   def hidden(self, tokens, *, segment_ids=None, positions=None, rngs: nnx.Rngs | None = None):

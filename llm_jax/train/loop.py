@@ -1,8 +1,10 @@
 """The training loop: validate, build, compile, step, log, evaluate, sample."""
 
 import collections
+import contextlib
 import functools
 import importlib.metadata
+import logging
 import pathlib
 import signal
 import subprocess
@@ -28,6 +30,7 @@ CONFIG_FILE = config_lib.CONFIG_FILE
 # Steps dispatched ahead of the host. Two keep the device busy; an unbounded queue holds every
 # pending batch in memory and deadlocks XLA's CPU collectives on many fake devices.
 MAX_IN_FLIGHT = 2
+clock = time.perf_counter  # the step timer's (tests give it a clock of their own)
 VERSIONED = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'llm_jax')  # in run facts
 
 
@@ -113,12 +116,17 @@ class Trainer:
 
   def __init__(self, cfg, workdir: epath.Path | None, devices=None):
     devices = jax.devices() if devices is None else devices
+    note = config_lib.fit_warmup(cfg)
+    if note and jax.process_index() == 0:
+      logging.warning(note)
     config_lib.validate(cfg, len(devices), devices[0].platform)
     self.cfg = cfg
     is_writer = workdir is not None and jax.process_index() == 0
     if is_writer:
       workdir.mkdir(parents=True, exist_ok=True)
-    self.task = tasks.make(cfg, workdir if is_writer else None)
+    self.task = tasks.make(cfg, workdir, write=is_writer)  # every process reads its tokenizer
+    if self.task.name == 'lm' and cfg.sample.max_new_tokens:  # before training, not after it
+      config_lib.validate_sampling(cfg.sample, 'sample.', self.task.tokenizer.vocab_size)
     self.mesh = sharding.make_mesh(cfg.mesh, devices)
     self.steps = build_steps(
       cfg, self.task.model_cfg, self.mesh, self.task.loss, self.task.evaluate
@@ -242,7 +250,8 @@ def _resume(trainer, ckpt) -> int:
 
   A fresh run with `ckpt.init_from` starts from those parameters and a new optimizer state.
   """
-  start, state = ckpt.restore_latest(lambda step: _restore_state(trainer, ckpt, step))
+  restore = lambda step: _restore_state(trainer, ckpt, step)
+  start, state = ckpt.restore_latest(restore, move_aside=True)
   if start is not None:
     trainer.state = state
     return start
@@ -279,12 +288,15 @@ def load_params(source, model_cfg, mesh, rules, *, what: str, target=None):
     raise checkpoint.CheckpointError(f'{what}={source}: no {checkpoint.DIRECTORY}/ there')
   ckpt = checkpoint.Checkpointer(source, config_lib.base_config().ckpt)
   try:
-    step = ckpt.latest_step()
-    if step is None:
-      raise checkpoint.CheckpointError(f'{what}={source}: it holds no checkpoint')
     target_for = lambda m: step_lib.abstract_params(m, mesh, rules)
     target = target_for(model_cfg) if target is None else target
-    return step, relayout.restore(ckpt, step, target, model_cfg, target_for, ckpt.restore_params)
+    restore = lambda step: relayout.restore(
+      ckpt, step, target, model_cfg, target_for, ckpt.restore_params
+    )
+    step, params = ckpt.restore_latest(restore)  # a reader: damaged steps stay where they are
+    if step is None:
+      raise checkpoint.CheckpointError(f'{what}={source}: it holds no checkpoint')
+    return step, params
   finally:
     ckpt.close()
 
@@ -315,18 +327,26 @@ def load_model(workdir, *, what: str) -> RunModel:
   return RunModel(cfg, tok, graphdef, params, step)
 
 
-def export(workdir, out) -> epath.Path:
+def export(workdir, out, *, force: bool = False) -> epath.Path:
   """Writes the latest parameters of `workdir` (no optimizer state) with its config and
-  tokenizer to `out`, a directory that `ckpt.init_from` and inference can load."""
+  tokenizer to `out`, a directory that `ckpt.init_from` and inference can load. A step that
+  `out` already holds is a CheckpointError, or with `force` replaced."""
   workdir, out = storage.path(workdir), storage.path(out)
   cfg, _, _, params, step = load_model(workdir, what='export --workdir')
+  existing = checkpoint.directory(out) / str(step)
+  if existing.exists() and not force:
+    raise checkpoint.CheckpointError(
+      f'export --out {out} already holds step {step} ({existing}); --force replaces it'
+    )
   out.mkdir(parents=True, exist_ok=True)
   for name in (CONFIG_FILE, data.TOKENIZER_FILE):
     (out / name).write_bytes((workdir / name).read_bytes())
+  if existing.exists():
+    existing.rmtree()  # an export is a copy of the run's step: asked for with --force
   exported = checkpoint.Checkpointer(out, cfg.ckpt, cfg.to_json_best_effort(indent=2))
   exported.save_params(step, params)
   exported.close()
-  return checkpoint.directory(out) / str(step)
+  return existing
 
 
 class NonFiniteError(RuntimeError):
@@ -348,24 +368,60 @@ def _halt_if_nonfinite(trainer, ckpt) -> None:
 
 
 class StopRequest:
-  """SIGTERM as a flag the step loop polls: finish the step, save, wait for the save, exit 0."""
+  """A request to stop (preemption): finish the step, save it, wait for the save, exit 0.
 
-  def __init__(self):
-    self.signalled = False
+  One process: SIGTERM sets a flag that the step loop polls. Several processes: JAX's preemption
+  notifier receives SIGTERM (installed by `jax.distributed.initialize`; a handler of ours would
+  replace it), and JAX's preemption sync point makes every process stop at the same step, so
+  they enter the collective save together however far apart their signals arrived.
+  """
+
+  def __init__(self, ckpt):
+    self._ckpt = ckpt
+    self._signalled = False
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+    # Signals reach the main thread only.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.signalled = True
+    self._signalled = True
+
+  def __call__(self, step: int) -> bool:
+    """Whether to stop after `step`; every process calls this at every step."""
+    return self._signalled or self._ckpt.reached_preemption(step)
 
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+class TrainClock:
+  """Seconds of training since the last log: the clock stops while an evaluation or a save runs,
+  once the steps dispatched before it have finished."""
+
+  def __init__(self, step: int):
+    self.step, self.seconds, self._since = step, 0.0, clock()
+
+  @contextlib.contextmanager
+  def paused(self, state):
+    jax.block_until_ready(state)
+    self.seconds += clock() - self._since
+    try:
+      yield
+    finally:
+      self._since = clock()
+
+  def lap(self, step: int) -> tuple[int, float]:
+    """(steps, seconds) of training since the last lap, which ends at `step` (whose results the
+    caller has waited for)."""
+    steps, seconds = step - self.step, self.seconds + clock() - self._since
+    self.step, self.seconds, self._since = step, 0.0, clock()
+    return steps, seconds
 
 
 class ProfileWindow:
@@ -411,7 +467,7 @@ def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches, p
   cfg, t = trainer.cfg, trainer.cfg.train
   tokens_per_step = t.batch_size * cfg.data.seq_len
   last = {}
-  mark_step, mark_time = start, time.perf_counter()
+  timer = TrainClock(start)
   in_flight = collections.deque()
   for step, batch in batches:
     profile.before(step)
@@ -423,33 +479,31 @@ def _step_loop(trainer, ckpt, tracker, stop: StopRequest, start: int, batches, p
     done = step + 1
     if done % t.log_every == 0 or done == t.steps:
       metrics = jax.device_get(metrics)  # the only host sync: once per log interval
-      elapsed = time.perf_counter() - mark_time
-      tps = (done - mark_step) * tokens_per_step / elapsed
+      steps, seconds = timer.lap(done)
+      tps = steps * tokens_per_step / seconds
       task = trainer.task
       mfu = perf.mfu(tps, task.perf_cfg, cfg.data.seq_len, jax.device_count(), task.scored)
-      last = dict(metrics, tokens_per_sec=tps, step_time=elapsed / (done - mark_step), mfu=mfu)
+      last = dict(metrics, tokens_per_sec=tps, step_time=seconds / steps, mfu=mfu)
       tracker.log(done, **last)
-      tracker.advance(done - mark_step)
+      tracker.advance(steps)
       if metrics['skipped']:
         _halt_if_nonfinite(trainer, ckpt)
-      mark_step, mark_time = done, time.perf_counter()
     eval_due = cfg.eval.every_steps and done % cfg.eval.every_steps == 0
     if trainer.eval_set and (eval_due or done == t.steps):
-      results = trainer.evaluate()
+      with timer.paused(trainer.state):
+        results = trainer.evaluate()
       last.update(results)
       tracker.log(done, **results)
       tracker.print(f'step {done}: ' + ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
-    if stop.signalled or ckpt.reached_preemption(done):
+    if stop(done):
       _halt_if_nonfinite(trainer, ckpt)
       ckpt.save(done, trainer.state)
       ckpt.wait()
       return dict(last, preempted_at=done)
     if ckpt.due(done, final=done == t.steps):
       _halt_if_nonfinite(trainer, ckpt)  # a checkpoint is never written past a bad step
-      ckpt.save(done, trainer.state)
-      mark_time = time.perf_counter()  # saving is not training throughput
-    elif eval_due:
-      mark_time = time.perf_counter()
+      with timer.paused(trainer.state):
+        ckpt.save(done, trainer.state)
   return last
 
 
@@ -492,7 +546,7 @@ def train(cfg, workdir) -> dict:
       tracker.advance(start)
     _log_facts(tracker, trainer, trainer.compile())
     profile = ProfileWindow(cfg.profile, storage.local_dir(workdir) / 'profile', start)
-    with StopRequest() as stop:
+    with StopRequest(ckpt) as stop:
       try:
         last = _run_steps(trainer, ckpt, tracker, start, stop, profile)
       finally:
@@ -509,7 +563,9 @@ def train(cfg, workdir) -> dict:
       tracker.print('--- sample ---\n' + summary['sample'])
     tracker.summary(**summary)
   finally:
-    ckpt.close()
-    if tracker is not None:
-      tracker.close()
+    try:
+      ckpt.close()  # waits for the last save, which may fail (a full disk)
+    finally:
+      if tracker is not None:
+        tracker.close()
   return summary

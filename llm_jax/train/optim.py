@@ -5,9 +5,13 @@ import optax
 
 
 def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`."""
+  """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`.
+
+  Warmup starts above zero, as nanoGPT's `lr * (it + 1) / (warmup + 1)`: a first update with a
+  learning rate of 0 would be a wasted step.
+  """
   return optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
+    init_value=opt_cfg.lr / (opt_cfg.warmup_steps + 1),
     peak_value=opt_cfg.lr,
     warmup_steps=opt_cfg.warmup_steps,
     decay_steps=max(total_steps, opt_cfg.warmup_steps + 1),

@@ -86,8 +86,12 @@ def make_init(model_cfg, tx, seed: int, shardings):
 def make_train_step(graphdef, tx, schedule, loss_fn, *, accum_steps: int, dropout: bool, seed: int):
   """train_step(state, batch) -> (state, metrics); batch: a dict of (B, ...) arrays.
 
-  loss_fn(model, batch, key, rngs) -> (loss, metrics): the task's objective; `key` serves
-  randomness that is part of the objective (MLM masking), `rngs` dropout (None when off).
+  loss_fn(model, batch, key, rngs) -> (loss, (metrics, weight)): the task's objective, as means
+  over `weight` scored tokens or examples; `key` serves randomness that is part of the objective
+  (MLM masking), `rngs` dropout (None when off).
+
+  Accumulated microbatches are weighed by their `weight` and divided once by the total, so the
+  loss and gradient are those of the whole batch, however the scored tokens fall.
   """
   base_key = jax.random.key(seed)
 
@@ -104,23 +108,24 @@ def make_train_step(graphdef, tx, schedule, loss_fn, *, accum_steps: int, dropou
     split = lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
 
     def micro(carry, xs):
-      (loss, metrics), grads = grad_fn(params, *xs)
-      return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+      (loss, (metrics, weight)), grads = grad_fn(params, *xs)
+      weighted = jax.tree.map(lambda x: x * weight, (loss, metrics, grads))
+      return jax.tree.map(jnp.add, carry, (weighted, weight)), None
 
     keys = jax.random.split(key, accum_steps)
     first = jax.tree.map(lambda x: split(x)[0], batch)
-    (_, metrics), _ = jax.eval_shape(grad_fn, params, first, key)
-    zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), metrics, params))
-    total, _ = jax.lax.scan(micro, zeros, (jax.tree.map(split, batch), keys))
-    loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, total)
-    return (loss, metrics), grads
+    (_, (metrics, _)), _ = jax.eval_shape(grad_fn, params, first, key)
+    zeros = jax.tree.map(jnp.zeros_like, ((jnp.zeros(()), metrics, params), jnp.zeros(())))
+    (total, weight), _ = jax.lax.scan(micro, zeros, (jax.tree.map(split, batch), keys))
+    loss, metrics, grads = jax.tree.map(lambda x: x / jnp.maximum(weight, 1), total)
+    return (loss, (metrics, weight)), grads
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(base_key, state.step)  # masks and dropout: functions of (seed, step)
     if accum_steps == 1:
-      (loss, task_metrics), grads = grad_fn(state.params, batch, key)
+      (loss, (task_metrics, _)), grads = grad_fn(state.params, batch, key)
     else:
-      (loss, task_metrics), grads = accumulate(state.params, batch, key)
+      (loss, (task_metrics, _)), grads = accumulate(state.params, batch, key)
     # A named scope marks the update's kernels in profiles and in the compiled program.
     with jax.named_scope('optimizer'):
       grad_norm = optax.global_norm(grads)
@@ -137,7 +142,10 @@ def make_train_step(graphdef, tx, schedule, loss_fn, *, accum_steps: int, dropou
       jnp.stack([state.step + 1, (~jnp.isfinite(loss)).astype(jnp.int32)]),
     )
     skipped = state.skipped + (~finite).astype(jnp.int32)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': schedule(state.step), 'skipped': skipped}
+    # The schedule's own position: dropped updates leave the optimizer state, and its count, as
+    # they were, so this is the learning rate the update applied (or would have).
+    lr = schedule(state.step - state.skipped)
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': lr, 'skipped': skipped}
     metrics.update(task_metrics)
     return TrainState(state.step + 1, params, opt_state, skipped, first_bad), metrics
 

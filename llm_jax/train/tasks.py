@@ -2,12 +2,17 @@
 
   lm        GPT pretraining: next-token cross-entropy over packed windows
   mlm       BERT pretraining: `train.mask_rate` of the tokens are chosen (80% become [MASK],
-            10% a random id, 10% stay; [CLS] and EOS are never chosen) and only those are scored
+            10% a random id, 10% stay; special ids such as [CLS], [SEP] and EOS are never chosen
+            nor drawn as the random id) and only those are scored
   classify  fine-tuning: class logits from the pooled backbone (BERT encoder or GPT); cross-entropy,
             accuracy and macro-F1
 
 The loop, sharding, checkpoints and tracking are the same for every task; a task supplies the model
 config, the batches, `loss` for the jitted train step and `evaluate` for the jitted eval step.
+Both return their means with the weight behind them, the number of scored tokens or examples
+(`(loss, (metrics, weight))` and `(metrics, weight)`), so that gradient accumulation and
+evaluation summaries weigh every token alike whatever its batch (MLM chooses a different number
+of tokens in each).
 MLM masks are drawn inside the jitted step from a key folded from (seed, step): deterministic, with
 no host work per step. Evaluation masks are drawn once, so eval numbers compare across steps.
 """
@@ -24,6 +29,7 @@ from llm_jax import config as config_lib
 from llm_jax import data, models, storage
 from llm_jax.data import labelled, loader, sources
 from llm_jax.data import tokenizer as tokenizer_lib
+from llm_jax.models import gpt
 from llm_jax.models.bert import BERTConfig
 from llm_jax.models.classifier import ClassifierConfig, backbone_params
 
@@ -69,16 +75,21 @@ def accuracy(logits, labels, weights):
   return (hits * weights).sum() / jnp.maximum(weights.sum(), 1)
 
 
-def mask_tokens(key, tokens, *, rate: float, mask_id: int, eos_id: int, vocab: int, never):
+def replacement_ids(vocab: int, never) -> np.ndarray:
+  """The ids below `vocab` that MLM's random replacement may draw: all but those in `never`."""
+  return np.setdiff1d(np.arange(vocab), np.asarray(never)).astype(np.int32)
+
+
+def mask_tokens(key, tokens, *, rate: float, mask_id: int, replacements, never):
   """BERT's corruption: (inputs, chosen). Each token outside `never` is chosen with probability
-  `rate`; a chosen token becomes `mask_id` (80%), a random id below `vocab` other than EOS (10%),
-  or stays (10%)."""
+  `rate`; a chosen token becomes `mask_id` (80%), an id drawn from `replacements` (10%), or
+  stays (10%)."""
   choose_key, how_key, random_key = jax.random.split(key, 3)
   allowed = ~jnp.isin(tokens, jnp.asarray(never))
   chosen = allowed & (jax.random.uniform(choose_key, tokens.shape) < rate)
   how = jax.random.uniform(how_key, tokens.shape)
-  random_ids = jax.random.randint(random_key, tokens.shape, 0, vocab - 1)
-  random_ids = random_ids + (random_ids >= eos_id)  # skips EOS
+  replacements = jnp.asarray(replacements)
+  random_ids = replacements[jax.random.randint(random_key, tokens.shape, 0, len(replacements))]
   corrupted = jnp.where(how < 0.8, mask_id, jnp.where(how < 0.9, random_ids, tokens))
   return jnp.where(chosen, corrupted, tokens), chosen
 
@@ -104,16 +115,22 @@ class Task:
     raise NotImplementedError
 
   def loss(self, model, batch, key, rngs):
-    """(loss, metrics) of `model` on a training batch, inside the jitted step."""
+    """(loss, (metrics, weight)) of `model` on a training batch, inside the jitted step: means
+    over the batch's scored tokens or examples, and how many those are."""
     raise NotImplementedError
 
-  def evaluate(self, model, batch) -> dict:
-    """Per-batch evaluation outputs, inside the jitted eval step."""
+  def evaluate(self, model, batch) -> tuple[dict, jax.Array]:
+    """Per-batch evaluation outputs and their weight, inside the jitted eval step."""
     raise NotImplementedError
 
-  def summarize(self, outputs: list[dict]) -> dict[str, float]:
-    """The eval_* metrics from all batches' outputs."""
-    return {f'eval_{k}': float(np.mean([o[k] for o in outputs])) for k in outputs[0]}
+  def summarize(self, outputs: list[tuple[dict, float]]) -> dict[str, float]:
+    """The eval_* metrics from all batches' outputs: each batch's means weighted by its
+    scored tokens, so every token counts the same."""
+    total = sum(float(weight) for _, weight in outputs)
+    return {
+      f'eval_{k}': sum(float(m[k]) * float(w) for m, w in outputs) / max(total, 1)
+      for k in outputs[0][0]
+    }
 
   def load_init(self, params, restore):
     """Parameters to start from, given freshly initialised `params` and `restore(model_cfg)`,
@@ -131,7 +148,7 @@ def chunked_cross_entropy(model, hidden, targets, chunk: int):
 
   @jax.checkpoint
   def chunk_loss(h, y):  # h (B, chunk, C)
-    logits = model.wte.attend(h).astype(jnp.float32)
+    logits = gpt.tied_logits(model.wte, h)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
 
   add = lambda total, xy: (total + chunk_loss(*xy), None)
@@ -140,20 +157,23 @@ def chunked_cross_entropy(model, hidden, targets, chunk: int):
 
 
 def lm_loss(model, batch, key, rngs, *, chunk: int = 0):
-  """Next-token cross-entropy; `segment_ids` and `positions` in the batch when packed.
+  """(next-token cross-entropy, ({}, targets scored)); `segment_ids` and `positions` in the batch
+  when packed.
 
   `chunk` > 0: the loss goes `chunk` positions at a time (`chunked_cross_entropy`).
   """
   del key
   inputs = dict(segment_ids=batch.get('segment_ids'), positions=batch.get('positions'), rngs=rngs)
+  weight = jnp.float32(batch['targets'].size)
   if chunk:
     hidden = model.hidden(batch['inputs'], **inputs)
-    return chunked_cross_entropy(model, hidden, batch['targets'], chunk), {}
-  return cross_entropy(model(batch['inputs'], **inputs), batch['targets']), {}
+    return chunked_cross_entropy(model, hidden, batch['targets'], chunk), ({}, weight)
+  return cross_entropy(model(batch['inputs'], **inputs), batch['targets']), ({}, weight)
 
 
 def lm_eval(model, batch, *, chunk: int = 0):
-  return {'loss': lm_loss(model, batch, None, None, chunk=chunk)[0]}
+  loss, (_, weight) = lm_loss(model, batch, None, None, chunk=chunk)
+  return {'loss': loss}, weight
 
 
 class PretrainingTask(Task):
@@ -222,13 +242,9 @@ class MaskedLanguageModel(PretrainingTask):
     self.cls_id, self.mask_id = encoder_ids(tok)
     self.predictions = mlm_predictions(d.seq_len, t.mask_rate)
     self.scored = self.predictions / d.seq_len
-    self.mask = dict(
-      rate=t.mask_rate,
-      mask_id=self.mask_id,
-      eos_id=tok.eos_id,
-      vocab=tok.vocab_size,
-      never=(self.cls_id, tok.eos_id),
-    )
+    never = tuple(sorted({self.cls_id, self.mask_id, *tok.special_ids()}))
+    replacements = replacement_ids(tok.vocab_size, never)
+    self.mask = dict(rate=t.mask_rate, mask_id=self.mask_id, replacements=replacements, never=never)
     # seq_len - 1 text tokens per row; the step puts [CLS] in front.
     batches = loader.TrainBatches(
       dataset.train, batch_size=t.batch_size, seq_len=d.seq_len - 1, seed=t.seed
@@ -262,22 +278,24 @@ class MaskedLanguageModel(PretrainingTask):
     return {'inputs': (batch_size, self.seq_len - 1)}
 
   def _scored(self, model, inputs, targets, weights, rngs):
-    """Loss and accuracy over the chosen positions, with logits computed at those only: the
-    first `self.predictions` chosen positions of each row."""
+    """(loss, ({'mlm_accuracy'}, positions scored)) over the chosen positions, with logits
+    computed at those only: the first `self.predictions` chosen positions of each row."""
     at = jnp.argsort(weights == 0, axis=1, stable=True)[:, : self.predictions]  # chosen first
     logits = model(inputs, positions=at, rngs=rngs)
     targets, weights = (jnp.take_along_axis(x, at, axis=1) for x in (targets, weights))
-    return cross_entropy(logits, targets, weights), accuracy(logits, targets, weights)
+    acc = accuracy(logits, targets, weights)
+    return cross_entropy(logits, targets, weights), ({'mlm_accuracy': acc}, weights.sum())
 
   def loss(self, model, batch, key, rngs):
     tokens = self._with_cls(batch['inputs'])
     masked, chosen = mask_tokens(key, tokens, **self.mask)
-    loss, acc = self._scored(model, masked, tokens, chosen.astype(jnp.float32), rngs)
-    return loss, {'mlm_accuracy': acc}
+    return self._scored(model, masked, tokens, chosen.astype(jnp.float32), rngs)
 
   def evaluate(self, model, batch):
-    loss, acc = self._scored(model, batch['inputs'], batch['targets'], batch['weights'], None)
-    return {'loss': loss, 'mlm_accuracy': acc}
+    loss, (metrics, weight) = self._scored(
+      model, batch['inputs'], batch['targets'], batch['weights'], None
+    )
+    return {'loss': loss, **metrics}, weight
 
 
 def _init_config(source: str):
@@ -323,7 +341,7 @@ class Classification(Task):
 
   name = 'classify'
 
-  def __init__(self, cfg, workdir: epath.Path | None):
+  def __init__(self, cfg, workdir: epath.Path | None, write: bool = True):
     d, t = cfg.data, cfg.train
     source = sources.open_source(d)
     self.origin = d.source
@@ -332,10 +350,10 @@ class Classification(Task):
     if init:
       init_cfg = _init_config(init)
       self.tokenizer = tokenizer_lib.load(storage.path(init) / data.TOKENIZER_FILE)
-      if saved:
+      if saved and write:
         self.tokenizer.save(saved)
     else:
-      init_cfg, self.tokenizer = None, data.source_tokenizer(source, d, saved)
+      init_cfg, self.tokenizer = None, data.source_tokenizer(source, d, saved, write)
     backbone = classifier_backbone(cfg, init_cfg, self.tokenizer)
     self.family = 'bert' if isinstance(backbone, BERTConfig) else 'gpt'
     self.classes = labelled.classes(source, d.classes)
@@ -373,9 +391,8 @@ class Classification(Task):
     del key
     logits = model(batch['inputs'], batch['lengths'], rngs=rngs)
     ones = jnp.ones(batch['labels'].shape)
-    return cross_entropy(logits, batch['labels']), {
-      'accuracy': accuracy(logits, batch['labels'], ones)
-    }
+    metrics = {'accuracy': accuracy(logits, batch['labels'], ones)}
+    return cross_entropy(logits, batch['labels']), (metrics, ones.sum())
 
   def evaluate(self, model, batch):
     logits = model(batch['inputs'], batch['lengths'])
@@ -384,9 +401,11 @@ class Classification(Task):
     n = len(self.classes)
     truth = jax.nn.one_hot(batch['labels'], n) * w[:, None]
     predicted = jax.nn.one_hot(jnp.argmax(logits, -1), n)
-    return {'loss_sum': (losses * w).sum(), 'confusion': truth.T @ predicted}  # (true, predicted)
+    sums = {'loss_sum': (losses * w).sum(), 'confusion': truth.T @ predicted}  # (true, predicted)
+    return sums, w.sum()
 
   def summarize(self, outputs):
+    outputs = [o for o, _ in outputs]  # sums already: the confusion matrix counts the examples
     confusion = np.sum([o['confusion'] for o in outputs], axis=0)
     total = confusion.sum()
     tp = np.diag(confusion)
@@ -407,10 +426,11 @@ class Classification(Task):
     return params
 
 
-def make(cfg, workdir: epath.Path | None) -> Task:
-  """The task `cfg` trains, with its data loaded (and its tokenizer kept in `workdir`)."""
+def make(cfg, workdir: epath.Path | None, *, write: bool = True) -> Task:
+  """The task `cfg` trains, with its data loaded and the tokenizer `workdir` holds, if any (kept
+  there when `write`: the run's process 0)."""
   name = config_lib.task_name(cfg)
   if name == 'classify':
-    return Classification(cfg, workdir)
-  dataset = data.load(cfg.data, workdir)
+    return Classification(cfg, workdir, write)
+  dataset = data.load(cfg.data, workdir, write=write)
   return (LanguageModel if name == 'lm' else MaskedLanguageModel)(cfg, dataset)
