@@ -48,15 +48,23 @@ def losses(workdir):
   ]
 
 
+# Not tests.conftest.tiny_config, which would give each worker process 8 devices: the same
+# settings, with `overrides` ({section: {key: value}}) on top.
 WORKER = """
 import json, sys
-from llm_jax import distributed
+from llm_jax import config, distributed
 from llm_jax.train import loop
-from tests.conftest import tiny_config
 
-num_processes, process_id, address, workdir = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
-cfg = tiny_config(steps=6, log_every=2)
-cfg.optimizer.warmup_steps = 2
+num_processes, process_id, address, workdir, overrides = sys.argv[1:]
+num_processes, process_id = int(num_processes), int(process_id)
+cfg = config.preset('gpt_tiny')
+cfg.train.update(steps=30, batch_size=16, log_every=10)
+cfg.eval.update(every_steps=0, batches=2, batch_size=16)
+cfg.optimizer.update(lr=3e-3, warmup_steps=5)
+cfg.sample.max_new_tokens = 0
+cfg.wandb.mode = 'disabled'
+for section, values in json.loads(overrides).items():
+  cfg[section].update(values)
 cfg.distributed.update(
   num_processes=num_processes, process_id=process_id, coordinator_address=address
 )
@@ -65,11 +73,13 @@ if num_processes > 1:
 distributed.initialize(cfg.distributed)
 print(json.dumps(loop.train(cfg, workdir)))
 """
+SHORT = {'train': {'steps': 6, 'log_every': 2}, 'optimizer': {'warmup_steps': 2}}
 
 
-def worker(num_processes, process_id, address, workdir, devices):
+def worker(num_processes, process_id, address, workdir, devices, overrides=SHORT):
+  args = [str(num_processes), str(process_id), address, str(workdir), json.dumps(overrides)]
   return subprocess.Popen(
-    [sys.executable, '-c', WORKER, str(num_processes), str(process_id), address, str(workdir)],
+    [sys.executable, '-c', WORKER, *args],
     cwd=REPO,
     env=env(devices),
     stdout=subprocess.PIPE,
@@ -121,40 +131,11 @@ def test_a_missing_peer_is_a_clear_error_not_a_hang(tmp_path):
   assert 'distributed.timeout_s=3' in last
 
 
-# tests.conftest is not imported: it would give each process 8 devices.
-PREEMPTIBLE = """
-import json, sys
-from llm_jax import config, distributed
-from llm_jax.train import loop
-
-process_id, address, workdir, steps = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-cfg = config.preset('gpt_tiny')
-cfg.train.update(steps=steps, batch_size=16, log_every=10)
-cfg.eval.batches = 0
-cfg.optimizer.update(lr=3e-3, warmup_steps=5)
-cfg.sample.max_new_tokens = 0
-cfg.wandb.mode = 'disabled'
-cfg.ckpt.update(every_steps=50, max_to_keep=10)
-cfg.distributed.update(num_processes=2, process_id=process_id, coordinator_address=address)
-cfg.mesh.dcn_data = 2
-distributed.initialize(cfg.distributed)
-print(json.dumps(loop.train(cfg, workdir)))
-"""
-
-
 def two_processes(workdir, steps):
+  """A 2-process run of `steps` steps, one device a process, saved every 50 steps."""
   address = f'127.0.0.1:{free_port()}'
-  return [
-    subprocess.Popen(
-      [sys.executable, '-c', PREEMPTIBLE, str(i), address, str(workdir), str(steps)],
-      cwd=REPO,
-      env=env(1),  # one device a process: gloo on 2 cores is slow with more
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )  # fmt: skip
-    for i in range(2)
-  ]
+  overrides = {'train': {'steps': steps}, 'eval': {'batches': 0}, 'ckpt': {'every_steps': 50}}
+  return [worker(2, i, address, workdir, devices=1, overrides=overrides) for i in range(2)]
 
 
 def final_state(workdir, step):
