@@ -28,8 +28,9 @@ from llm_jax import storage
 
 DIRECTORY = 'checkpoints'
 UNREADABLE = '.unreadable-'  # STEP.unreadable-TIME: a damaged step, moved aside
-# Files Orbax cannot restore without, relative to a step (the arrays are checked by reading them).
-REQUIRED_JSON = ('state/_METADATA', 'config/metadata')
+# Metadata of a step, read before Orbax is (the arrays are checked by reading them).
+STATE_METADATA = 'state/_METADATA'  # the state's tree: without it Orbax reports a tree mismatch
+CONFIG_METADATA = 'config/metadata'  # the run's config: its JSON text, stored as a JSON string
 # TensorStore statuses that mean the stored bytes are missing or not what was written.
 DAMAGE_STATUSES = ('NOT_FOUND', 'DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION')
 _STATUS = re.compile(r'^[A-Z_]+: ')  # TensorStore's errors start with their status
@@ -69,11 +70,15 @@ class UnreadableCheckpoint(CheckpointError):
     self.path, self.reason = path, reason
 
 
+def _first_line(error: BaseException) -> str:
+  return str(error).splitlines()[0] if str(error) else ''
+
+
 def damage(error: BaseException) -> str | None:
   """One line on the damage `error` (raised by Orbax or TensorStore while restoring) reports,
   or None when it is some other failure."""
   while error is not None:
-    text = str(error).splitlines()[0] if str(error) else ''
+    text = _first_line(error)
     if isinstance(error, json.JSONDecodeError):
       return f'corrupt metadata ({error.msg})'
     if isinstance(error, FileNotFoundError):
@@ -185,41 +190,37 @@ class Checkpointer:
   def _step_dir(self, step: int) -> epath.Path:
     return self.directory / str(step)
 
-  def _check_files(self, step: int) -> None:
-    """UnreadableCheckpoint if metadata that every restore reads is missing or not JSON.
-
-    Every process sees the same files, so every process of a run reaches the same verdict.
+  def _read_json(self, step: int, name: str):
+    """The metadata file `name` of `step`, parsed; UnreadableCheckpoint if it is missing or not
+    JSON. Every process sees the same files, so every process of a run reaches the same verdict.
     """
-    for name in REQUIRED_JSON:
-      path = self._step_dir(step) / name
-      try:
-        json.loads(path.read_text())
-      except FileNotFoundError:
-        raise UnreadableCheckpoint(self._step_dir(step), f'{name} is missing') from None
-      except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        reason = f'{name} is corrupt ({getattr(e, "msg", e)})'
-        raise UnreadableCheckpoint(self._step_dir(step), reason) from None
+    try:
+      return json.loads((self._step_dir(step) / name).read_text())
+    except FileNotFoundError:
+      raise UnreadableCheckpoint(self._step_dir(step), f'{name} is missing') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      reason = f'{name} is corrupt ({getattr(e, "msg", e)})'
+      raise UnreadableCheckpoint(self._step_dir(step), reason) from None
 
   def _restore(self, step: int, args, *, mismatch: str):
     """Orbax's restore of `step`, its errors sorted: damage (UnreadableCheckpoint), a state that
     does not fit the target (CheckpointError starting with `mismatch`), or anything else, as is."""
-    self._check_files(step)
+    self._read_json(step, STATE_METADATA)
     try:
       return self._manager.restore(step, args=args)
     except Exception as e:  # noqa: BLE001 -- sorted below; what is neither is raised again
       reason = damage(e)
       if reason is not None:
         raise UnreadableCheckpoint(self._step_dir(step), reason) from None
-      first_line = str(e).splitlines()[0] if str(e) else ''
+      first_line = _first_line(e)
       if isinstance(e, ValueError | KeyError | TypeError) and not _STATUS.match(first_line):
         raise CheckpointError(f'{mismatch}: {first_line}') from None  # shapes or tree differ
       raise
 
   def saved_config(self, step: int) -> dict:
-    """The run config saved with the checkpoint at `step`, parsed."""
-    self._check_files(step)
-    saved = json.loads((self._step_dir(step) / 'config' / 'metadata').read_text())
-    return json.loads(saved)  # JsonSave stored the config's JSON text as a JSON string
+    """The run config saved with the checkpoint at `step`, parsed (every restore of a run reads
+    it first, for the layer layout: train/relayout.py)."""
+    return json.loads(self._read_json(step, CONFIG_METADATA))
 
   def restore(self, step: int, target):
     """The state saved at `step`, placed like `target` (arrays or ShapeDtypeStructs)."""

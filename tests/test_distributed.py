@@ -138,25 +138,14 @@ def two_processes(workdir, steps):
   return [worker(2, i, address, workdir, devices=1, overrides=overrides) for i in range(2)]
 
 
-def final_state(workdir, step):
-  from llm_jax import checkpoint
-  from llm_jax.train import loop
-  from tests.conftest import tiny_config
-
-  cfg = tiny_config()
-  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
-  try:
-    return ckpt.restore(step, loop.Trainer(cfg, None).steps.abstract)
-  finally:
-    ckpt.close()
-
-
 @pytest.mark.slow
 def test_sigterm_stops_every_process_at_the_same_step_and_the_rerun_resumes_exactly(tmp_path):
   """Preemption of a 2-process run: SIGTERM to one process, or to both a second apart (as
   tpu_scripts/stop.sh signals workers one by one). JAX's preemption sync point makes both stop
   after the same step and save it together; neither hangs in the collective save."""
+  from tests.conftest import tiny_config
   from tests.test_checkpoint import rows, without_timings
+  from tests.test_faults import final_state
 
   steps = 200
   straight = [summary(p) for p in two_processes(tmp_path / 'straight', steps)]
@@ -180,6 +169,9 @@ def test_sigterm_stops_every_process_at_the_same_step_and_the_rerun_resumes_exac
     resumed = [summary(p) for p in two_processes(workdir, steps)]
     assert all('preempted_at' not in s for s in resumed)
     assert without_timings(rows(workdir)) == without_timings(rows(tmp_path / 'straight'))
-    got, want = (jax.tree.leaves(final_state(d, steps)) for d in (workdir, tmp_path / 'straight'))
+    got, want = (
+      jax.tree.leaves(final_state(d, tiny_config(), steps))
+      for d in (workdir, tmp_path / 'straight')
+    )
     for a, b in zip(got, want, strict=True):
       np.testing.assert_array_equal(a, b)  # bit-identical params and optimizer state

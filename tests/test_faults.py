@@ -22,7 +22,7 @@ from orbax.checkpoint._src.handlers import json_checkpoint_handler
 from llm_jax import checkpoint, cli, tracking
 from llm_jax.train import loop
 from tests.conftest import REPO, tiny_config
-from tests.test_checkpoint import rows, without_timings
+from tests.test_checkpoint import _restore, rows, without_timings
 
 STEP = 'checkpoints/20'
 
@@ -79,11 +79,8 @@ def config():
 
 
 def final_state(workdir, cfg, step=20):
-  ckpt = checkpoint.Checkpointer(workdir, cfg.ckpt)
-  try:
-    return jax.device_get(ckpt.restore(step, loop.Trainer(cfg, None).steps.abstract))
-  finally:
-    ckpt.close()
+  """The training state `workdir` saved at `step`, on the host."""
+  return jax.device_get(_restore(workdir, cfg, step, loop.Trainer(cfg, None).steps.abstract))
 
 
 @pytest.fixture(scope='module')
