@@ -20,8 +20,9 @@ import time
 import jax
 import numpy as np
 
-from llm_jax import checkpoint, config, models, sharding
-from llm_jax.train import loop
+from llm_jax import checkpoint, config, sharding
+from llm_jax.models import configs as model_configs
+from llm_jax.train import trainer as trainer_lib
 
 
 def main() -> None:
@@ -34,17 +35,17 @@ def main() -> None:
   cfg = config.preset('gpt2_124m')
   cfg.train.update(batch_size=jax.device_count(), grad_accum_steps=1)
   cfg.data.seq_len = args.seq_len
-  model_cfg = models.model_config(cfg.model, vocab_size=0)
+  model_cfg = model_configs.from_section(cfg.model, 0)
   mesh = sharding.make_mesh(cfg.mesh)
-  steps = loop.build_steps(cfg, model_cfg, mesh)
+  steps = trainer_lib.build_steps(cfg, model_cfg, mesh)
   state = steps.init()
   tokens = np.random.default_rng(0).integers(0, 50257, (cfg.train.batch_size, args.seq_len + 1))
-  put = lambda a: jax.device_put(a.astype(np.int32), loop.batch_sharding(mesh))
+  put = lambda a: jax.device_put(a.astype(np.int32), trainer_lib.batch_sharding(mesh))
   inputs, targets = put(tokens[:, :-1]), put(tokens[:, 1:])
 
   def step(state):
     start = time.perf_counter()
-    state, metrics = steps.train(state, inputs, targets)
+    state, metrics = steps.train(state, {'inputs': inputs, 'targets': targets})
     jax.block_until_ready(metrics)
     return state, time.perf_counter() - start
 

@@ -23,9 +23,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from llm_jax import checkpoint, config, generate, hf, models
-from llm_jax.data import TOKENIZER_FILE
+from llm_jax import config, rundir
 from llm_jax.data.tokenizer import ByteTokenizer
+from llm_jax.inference import export, generate, hf
+from llm_jax.models import configs as model_configs
+from llm_jax.models import registry
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -52,12 +54,8 @@ def _hf_model(graphdef, params, cfg, directory):
   import transformers
 
   run = pathlib.Path(directory) / 'run'
-  run.mkdir()
-  (run / config.CONFIG_FILE).write_text(cfg.to_json_best_effort())
-  ByteTokenizer().save(run / TOKENIZER_FILE)  # any tokenizer: export needs one, speed does not
-  saver = checkpoint.Checkpointer(run, cfg.ckpt)
-  saver.save_params(0, params)
-  saver.close()
+  export.save_params_run(run, cfg.to_json_best_effort(), cfg.ckpt, 0, params)
+  rundir.write_tokenizer(run, ByteTokenizer())  # any tokenizer: export needs one, speed does not
   hf.export_model(run, pathlib.Path(directory) / 'hf')
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   dtype = torch.bfloat16 if cfg.model.dtype == 'bfloat16' else torch.float32
@@ -96,9 +94,9 @@ def main() -> None:
   args = parser.parse_args()
   cfg = config.load_file(args.config)
   cfg.model.dtype = args.dtype or cfg.model.dtype
-  model_cfg = models.model_config(cfg.model, ByteTokenizer().vocab_size)
+  model_cfg = model_configs.from_section(cfg.model, ByteTokenizer().vocab_size)
   cfg.model.vocab_size = model_cfg.vocab_size  # what the exported run's config must say
-  graphdef, params = nnx.split(models.build(model_cfg, seed=0), nnx.Param)
+  graphdef, params = nnx.split(registry.build(model_cfg, seed=0), nnx.Param)
   rng = np.random.default_rng(0)
   rows = []
   with tempfile.TemporaryDirectory() as tmp:

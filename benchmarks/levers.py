@@ -54,7 +54,7 @@ def run_cell(args, batch_size: int, overrides) -> dict:
     if args.topology:
       command = ['train', '--dry_run', f'--topology={args.topology}', *cell]
     else:
-      command = ['bench', f'--steps={args.steps}', '--reference=off', *cell]
+      command = ['bench', f'--steps={args.steps}', *cell]
     done = subprocess.run(
       [sys.executable, '-m', 'llm_jax', *command], capture_output=True, text=True
     )

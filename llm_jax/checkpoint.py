@@ -24,9 +24,9 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from llm_jax import storage
+from llm_jax import rundir
+from llm_jax.errors import UserError
 
-DIRECTORY = 'checkpoints'
 UNREADABLE = '.unreadable-'  # STEP.unreadable-TIME: a damaged step, moved aside
 # Metadata of a step, read before Orbax is (the arrays are checked by reading them).
 STATE_METADATA = 'state/_METADATA'  # the state's tree: without it Orbax reports a tree mismatch
@@ -37,12 +37,6 @@ _STATUS = re.compile(r'^[A-Z_]+: ')  # TensorStore's errors start with their sta
 _TENSORSTORE_ERROR = re.compile(r'^(\w+): Error (?:reading|opening) .*?"([^"]+)"[^:]*: (.*)$')
 
 
-def directory(workdir) -> epath.Path:
-  """Where `workdir` (local path or bucket URL) keeps its checkpoints; absolute, as Orbax wants."""
-  path = storage.path(workdir) / DIRECTORY
-  return path if storage.is_bucket(workdir) else path.absolute()
-
-
 def _stamp() -> str:
   return datetime.datetime.now(datetime.UTC).strftime('%Y%m%dT%H%M%SZ')
 
@@ -50,15 +44,15 @@ def _stamp() -> str:
 def move_aside(workdir, why: str) -> epath.Path | None:
   """Renames `workdir`'s checkpoints/ to checkpoints.WHY-TIME (nothing is deleted); returns the
   new path, or None when there were none."""
-  old = directory(workdir)
+  old = rundir.checkpoints(workdir)
   if not old.exists():
     return None
-  aside = old.parent / f'{DIRECTORY}.{why}-{_stamp()}'
+  aside = old.parent / f'{rundir.CHECKPOINTS}.{why}-{_stamp()}'
   old.rename(aside)
   return aside
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint that cannot be restored or saved; the message names its directory."""
 
 
@@ -137,7 +131,7 @@ class Checkpointer:
       keep_period=ckpt_cfg.keep_period or None,
       enable_async_checkpointing=True,
     )
-    self.directory = directory(workdir)
+    self.directory = rundir.checkpoints(workdir)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._saving = None  # the step of the save in flight, if any
 
@@ -219,7 +213,7 @@ class Checkpointer:
 
   def saved_config(self, step: int) -> dict:
     """The run config saved with the checkpoint at `step`, parsed (every restore of a run reads
-    it first, for the layer layout: train/relayout.py)."""
+    it first, for the layer layout: llm_jax/relayout.py)."""
     return json.loads(self._read_json(step, CONFIG_METADATA))
 
   def restore(self, step: int, target):

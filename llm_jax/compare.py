@@ -10,15 +10,15 @@ import io
 import json
 import statistics
 
-from llm_jax import config as config_lib
-from llm_jax import storage, tracking
+from llm_jax import rundir, storage
+from llm_jax.errors import MissingFile, UserError
 
 X_AXES = ('step', 'tokens', 'time')
 FORMATS = ('table', 'markdown', 'csv')
 COLUMNS = ('run', 'steps', 'tokens', 'final eval_loss', 'best eval_loss', 'tokens/s', 'MFU', 'wall')
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
   """Runs or options that cannot be compared; the message names them."""
 
 
@@ -48,10 +48,10 @@ def _hashable(value):
 def load_workdir(path) -> Run:
   """A run from its workdir; FileNotFoundError naming what is missing."""
   path = storage.path(path)
-  files = [path / config_lib.CONFIG_FILE, path / tracking.METRICS_FILE]
+  files = [path / rundir.CONFIG, path / rundir.METRICS]
   for f in files:
     if not f.is_file():
-      raise FileNotFoundError(f'{f} not found: is {path} a run?')
+      raise MissingFile(f'{f} not found: is {path} a run?')
   rows = [json.loads(line) for line in files[1].read_text().splitlines() if line.strip()]
   return Run(path.name, flatten(json.loads(files[0].read_text())), rows)
 

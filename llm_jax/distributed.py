@@ -14,13 +14,13 @@ import time
 
 import jax
 
-from llm_jax import config
+from llm_jax.errors import UserError, check
 
 # Environment markers under which jax.distributed.initialize() detects the cluster by itself.
 _AUTO_DETECTED = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
   """Multi-process start-up failed; the message says which setting to check."""
 
 
@@ -52,9 +52,23 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
       time.sleep(0.2)
 
 
+def validate(d) -> None:
+  """Checks `distributed.*` alone: it is needed before any device can be counted."""
+  check(d.num_processes >= 1, f'distributed.num_processes={d.num_processes} must be >= 1')
+  check(
+    0 <= d.process_id < d.num_processes,
+    f'distributed.process_id={d.process_id} must be in [0, {d.num_processes})',
+  )
+  check(
+    d.num_processes == 1 or d.coordinator_address.rpartition(':')[2].isdigit(),
+    'distributed.coordinator_address (host:port) is required when num_processes > 1',
+  )
+  check(d.timeout_s > 0, f'distributed.timeout_s={d.timeout_s} must be positive')
+
+
 def initialize(dist_cfg) -> None:
   """Joins the other processes of this run, if there are any; a no-op for one process."""
-  config.validate_distributed(dist_cfg)
+  validate(dist_cfg)
   if not wanted(dist_cfg):
     return
   explicit = dist_cfg.num_processes > 1

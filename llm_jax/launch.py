@@ -20,12 +20,13 @@ import subprocess
 import sys
 
 from llm_jax import config as config_lib
+from llm_jax.errors import MissingFile, UserError
 
 TARGETS = ('local', 'tpu', 'slurm')
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
   """An experiment that cannot be launched; the message names the file and field."""
 
 
@@ -55,7 +56,7 @@ def load(path) -> Experiment:
   """The Experiment that `path`'s get_experiment() returns."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f'experiment file not found: {path}')
+    raise MissingFile(f'experiment file not found: {path}')
   spec = importlib.util.spec_from_file_location(f'experiment_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

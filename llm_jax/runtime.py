@@ -1,7 +1,8 @@
 """Process-wide XLA settings (config section `xla`), applied before JAX starts its backend.
 
 GPU compiler flags: XLA reads XLA_FLAGS once, when the backend starts, so `configure` runs before
-anything touches a device (the CLI calls it first). A flag already in XLA_FLAGS wins over ours,
+anything touches a device (the CLI calls it first). The flags default to `config.GPU_FLAGS`
+(MaxText's single-host choices). A flag already in XLA_FLAGS wins over ours,
 so any of them can be overridden from the environment; `--config.xla.gpu_flags=''` adds none.
 XLA parses every flag on every backend and aborts on unknown ones, which is how the CPU tests
 check that these exist in the installed jaxlib.
@@ -20,13 +21,6 @@ import os
 
 import jax
 
-# MaxText's single-host GPU choices. Latency hiding overlaps collectives and copies with compute;
-# GEMMs go to cuBLAS rather than Triton.
-GPU_FLAGS = (
-  '--xla_gpu_enable_latency_hiding_scheduler=true',
-  '--xla_gpu_enable_triton_gemm=false',
-)
-DEFAULT_CACHE_DIR = '~/.cache/llm_jax/xla'
 # What shows that a machine has the platform's devices: the NVIDIA driver's device nodes, a TPU
 # chip's (/dev/accel* on v2-v4, Google's PCI vendor id on VFIO-attached v5e and later).
 GOOGLE_PCI_VENDOR = '0x1ae0'

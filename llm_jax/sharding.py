@@ -2,9 +2,10 @@
 
 Parameters carry logical axis names where they are created (`vocab`, `embed`, `heads`, `kv`,
 `mlp`, `layers`); activations are constrained with their own names (`batch`, `length`,
-`act_embed`). One rules table (`mesh.rules` in the config) maps each name to a mesh axis, a tuple
-of axes, or None (replicated). Data parallel, FSDP (ZeRO-3), tensor parallel and their mixes are
-then only a matter of mesh shape and rules; model code never names a mesh axis.
+`act_embed`). One rules table (`mesh.rules` in the config; `config.DEFAULT_RULES` by default)
+maps each name to a mesh axis, a tuple of axes, or None (replicated). Data parallel, FSDP
+(ZeRO-3), tensor parallel and their mixes are then only a matter of mesh shape and rules; model
+code never names a mesh axis.
 """
 
 import contextlib
@@ -16,23 +17,11 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from llm_jax.config import DEFAULT_RULES
+from llm_jax.errors import ConfigError
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 LOGICAL_AXES = ('batch', 'length', 'act_embed', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'layers')
-
-# Batch over data×fsdp; weights' `embed` dimension over fsdp (ZeRO-3: each device holds a slice
-# of every parameter and its optimizer state); heads, MLP and vocabulary over tensor (Megatron).
-# The residual stream (`act_embed`) stays whole on each device between blocks.
-DEFAULT_RULES = (
-  ('batch', ('data', 'fsdp')),
-  ('length', None),
-  ('act_embed', None),
-  ('vocab', 'tensor'),
-  ('embed', 'fsdp'),
-  ('heads', 'tensor'),
-  ('kv', None),
-  ('mlp', 'tensor'),
-  ('layers', None),
-)
 
 _ACTIVATIONS: contextvars.ContextVar = contextvars.ContextVar('activation_sharding', default=None)
 
@@ -89,6 +78,17 @@ def dcn_shape(mesh_cfg, shape: tuple[int, ...]) -> tuple[int, ...]:
     if factor < 1 or size % factor:
       raise ValueError(f'mesh.dcn_{axis}={factor} must be a positive divisor of mesh.{axis}={size}')
   return dcn
+
+
+def validate(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  """Checks the `mesh` section against `num_devices`; returns its (data, fsdp, tensor) sizes."""
+  try:
+    shape = mesh_shape(mesh_cfg, num_devices)
+    dcn_shape(mesh_cfg, shape)
+    check_rules(mesh_cfg.rules)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return shape
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:

@@ -13,7 +13,7 @@ would run: its kernels, library calls (cuBLAS, cuDNN, Pallas), shardings and mem
 import dataclasses
 import os
 
-from llm_jax.config import ConfigError
+from llm_jax.errors import ConfigError
 
 KIB, MIB = 2**10, 2**20
 # The share of a GPU's memory that JAX's allocator takes for itself (JAX's default, 0.75).

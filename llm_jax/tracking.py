@@ -17,9 +17,8 @@ import uuid
 import tqdm
 from etils import epath
 
-from llm_jax import storage
+from llm_jax import rundir, storage
 
-METRICS_FILE = 'metrics.jsonl'
 FACTS_FILE = 'run.json'
 WANDB_ID_FILE = 'wandb_run_id'
 
@@ -71,13 +70,13 @@ def _start_tensorboard(workdir: epath.Path):
   except ImportError:
     logging.warning("TensorBoard output needs tensorboardX: pip install 'llm_jax[tensorboard]'")
     return None
-  return SummaryWriter(str(workdir / 'tensorboard'))
+  return SummaryWriter(str(rundir.path(workdir, rundir.TENSORBOARD)))
 
 
 def drop_rows_after(workdir: epath.Path, step: int) -> None:
   """Removes rows logged after `step`: a run restored to `step` logs those steps again. The file
   is replaced whole, so a crash in between leaves the old rows, never a part of them."""
-  path = workdir / METRICS_FILE
+  path = rundir.path(workdir, rundir.METRICS)
   if not path.exists():
     return
   lines = path.read_text(encoding='utf-8').splitlines(keepends=True)
@@ -92,7 +91,7 @@ class Tracker:
   def __init__(self, workdir: epath.Path, cfg, *, total_steps: int, active: bool = True):
     self.active = active
     self._workdir = workdir
-    self._file = storage.AppendFile(workdir / METRICS_FILE) if active else None
+    self._file = storage.AppendFile(rundir.path(workdir, rundir.METRICS)) if active else None
     self._wandb = None
     if active and cfg.wandb.mode != 'disabled':
       self._wandb = _start_wandb(cfg.wandb, workdir, cfg.to_dict())

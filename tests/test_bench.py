@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm_jax import bench, config, models, perf
-from llm_jax.models.gpt import GPTConfig
-from llm_jax.train import tasks
+from benchmarks import reference_gpt
+from llm_jax import bench, config, perf
+from llm_jax.models import registry
+from llm_jax.models.configs import GPTConfig
+from llm_jax.train import losses, tasks
 from tests.conftest import REPO, needs_libtpu, tiny_config
 
 
@@ -40,10 +42,10 @@ def as_reference(params):
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_reference_computes_the_same_function_as_the_model(dtype):
   cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dtype=dtype)
-  graphdef, params = nnx.split(models.build(cfg, seed=0), nnx.Param)
+  graphdef, params = nnx.split(registry.build(cfg, seed=0), nnx.Param)
   x = jax.random.randint(jax.random.key(0), (2, 17), 0, 50)
-  loss = lambda p: tasks.cross_entropy(nnx.merge(graphdef, p)(x[:, :-1]), x[:, 1:])
-  ref_loss = lambda p: bench.reference_loss(p, x[:, :-1], x[:, 1:], jnp.dtype(dtype))
+  loss = lambda p: losses.cross_entropy(nnx.merge(graphdef, p)(x[:, :-1]), x[:, 1:])
+  ref_loss = lambda p: reference_gpt.loss_fn(p, x[:, :-1], x[:, 1:], jnp.dtype(dtype))
   ours, grads = jax.value_and_grad(loss)(params)
   ref, ref_grads = jax.value_and_grad(ref_loss)(as_reference(params))
   tol = 1e-5 if dtype == 'float32' else 2e-2
@@ -54,12 +56,12 @@ def test_reference_computes_the_same_function_as_the_model(dtype):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
-def test_bench_reports_throughput_and_skips_reference_on_many_devices():
+def test_bench_reports_throughput_and_the_reference_refuses_many_devices():
   cfg = tiny_config()
   result = bench.run(cfg, steps=3, warmup=1)
   assert result['tokens_per_sec'] == pytest.approx(16 * 64 / result['step_s'])
   assert result['mfu'] is None  # CPU has no peak in the table: unknown, not guessed
-  assert result['reference_skipped'] == 'the reference runs on one device'
+  assert reference_gpt.mismatch(cfg) == 'the reference runs on one device'
   assert 'tokens/s' in bench.format_table(result)
 
 
@@ -68,43 +70,59 @@ def test_bench_times_the_mlm_step_of_a_bert(tmp_path):
   cfg.train.batch_size = 16
   result = bench.run(cfg, steps=2, warmup=1)
   assert result['tokens_per_sec'] == pytest.approx(16 * 128 / result['step_s'])
-  assert result['reference_skipped'].startswith('the reference is a GPT language model')
+  assert reference_gpt.mismatch(cfg).startswith('the reference is a GPT language model')
   # The vocabulary projection counts at the 37 scored positions of 128 only (perf.py).
   model_cfg = tasks.make(cfg, None).model_cfg
   assert result['flops_per_token'] == perf.flops_per_token(model_cfg, 128, scored=37 / 128)
   assert result['flops_per_token'] < perf.flops_per_token(model_cfg, 128)
 
 
-@pytest.mark.slow
-def test_bench_cli_times_the_reference_on_one_cpu_device(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='')  # one CPU device, as on a user's machine
-  out = tmp_path / 'bench.json'
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'llm_jax',
-      'bench',
-      '--config',
-      'configs/gpt_tiny.py',
-      '--steps',
-      '5',
-      '--warmup',
-      '2',
-      '--json',
-      str(out),
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
+def _run_on_one_cpu_device(*command):
+  """`python COMMAND` in the repo with one CPU device, as on a user's machine."""
+  env = dict(os.environ, XLA_FLAGS='')
+  return subprocess.run(
+    [sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
   )
+
+
+@pytest.mark.slow
+def test_reference_script_times_framework_and_reference_on_one_cpu_device(tmp_path):
+  out = tmp_path / 'reference.json'
+  result = _run_on_one_cpu_device(
+    'benchmarks/reference_gpt.py', '--config', 'configs/gpt_tiny.py', '--steps', '5',
+    '--warmup', '2', '--json', str(out),
+  )  # fmt: skip
   assert result.returncode == 0, result.stderr
   assert 'framework / reference' in result.stdout
   data = json.loads(out.read_text())
   assert data['num_devices'] == 1 and data['ratio'] > 0
   assert data['ratio'] == pytest.approx(data['step_s'] / data['reference_step_s'])
+
+
+@pytest.mark.slow
+def test_bench_cli_times_the_framework_step_on_one_cpu_device(tmp_path):
+  out = tmp_path / 'bench.json'
+  result = _run_on_one_cpu_device(
+    '-m', 'llm_jax', 'bench', '--config', 'configs/gpt_tiny.py', '--steps', '2', '--warmup', '1',
+    '--json', str(out),
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert 'tokens/s' in result.stdout
+  data = json.loads(out.read_text())
+  assert data['num_devices'] == 1
+  assert data['tokens_per_sec'] == pytest.approx(16 * 64 / data['step_s'])
+
+
+def test_reference_script_rejects_bad_overrides_in_one_line(capsys):
+  spec = str(REPO / 'configs/gpt_tiny.py')
+  for bad, message in (
+    ('--config.train.stepz=3', 'unknown config key: train.stepz'),
+    ('--config.train.steps=many', 'flag --config.train.steps=many: invalid literal'),
+  ):
+    with pytest.raises(SystemExit) as exit_info:
+      reference_gpt.main(['--config', spec, bad])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and f'error: {message}' in line
 
 
 def test_mfu_accounting():
@@ -129,9 +147,9 @@ def test_flops_formula_matches_xla_cost_analysis():
   """6·N + 12·L·T·d against XLA's count for a forward+backward pass; the rest (softmax, norms,
   GELU, the optimizer-free elementwise work) stays within 3% at this size (1-2% measured)."""
   cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=128)
-  graphdef, params = nnx.split(models.build(cfg, seed=0), nnx.Param)
+  graphdef, params = nnx.split(registry.build(cfg, seed=0), nnx.Param)
   x = jax.random.randint(jax.random.key(0), (4, 65), 0, 512)
-  loss = lambda p: tasks.cross_entropy(nnx.merge(graphdef, p)(x[:, :-1]), x[:, 1:])
+  loss = lambda p: losses.cross_entropy(nnx.merge(graphdef, p)(x[:, :-1]), x[:, 1:])
   counted = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()['flops']
   assert counted == pytest.approx(perf.flops_per_token(cfg, 64) * 4 * 64, rel=0.03)
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm_jax import config, models
-from llm_jax.models.bert import BERTConfig
-from llm_jax.models.classifier import ClassifierConfig
-from llm_jax.models.gpt import GPTConfig
+from llm_jax import config
+from llm_jax.models import configs as model_configs
+from llm_jax.models import registry
+from llm_jax.models.configs import BERTConfig, ClassifierConfig, GPTConfig
 from tests.test_gpt import LOGICAL_AXES
 
 
@@ -22,7 +22,7 @@ def padded(x, extra: int):
 
 @pytest.mark.parametrize('norm', ['post', 'pre'])
 def test_padding_leaves_real_positions_unchanged(norm):
-  model = models.build(small(norm=norm), seed=0)
+  model = registry.build(small(norm=norm), seed=0)
   x = jax.random.randint(jax.random.key(0), (2, 10), 0, 64)
   lengths = jnp.array([10, 6])
   out = model(padded(x, 5), lengths=lengths)
@@ -32,14 +32,14 @@ def test_padding_leaves_real_positions_unchanged(norm):
 
 
 def test_attention_sees_both_directions():
-  model = models.build(small(), seed=0)
+  model = registry.build(small(), seed=0)
   x = jax.random.randint(jax.random.key(1), (1, 12), 0, 64)
   changed = x.at[:, 11].set((x[:, 11] + 1) % 64)
   assert not np.allclose(model(x)[:, 0], model(changed)[:, 0])  # the last token reaches the first
 
 
 def test_parameters_name_gpts_logical_axes():
-  params = nnx.state(models.build(small(), seed=0), nnx.Param)
+  params = nnx.state(registry.build(small(), seed=0), nnx.Param)
   specs = jax.tree.leaves(
     nnx.get_partition_spec(params), is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)
   )
@@ -50,9 +50,9 @@ def test_parameters_name_gpts_logical_axes():
 @pytest.mark.parametrize('preset, published', [('bert_base', 110e6), ('bert_large', 340e6)])
 def test_presets_have_the_published_sizes(preset, published):
   cfg = config.preset(preset)
-  model_cfg = models.model_config(cfg.model, vocab_size=0)
+  model_cfg = model_configs.from_section(cfg.model, 0)
   model_cfg = BERTConfig(**{**model_cfg.__dict__, 'vocab_size': 30522})  # BERT's WordPiece vocab
-  abstract = nnx.eval_shape(lambda: models.build(model_cfg, seed=0))
+  abstract = nnx.eval_shape(lambda: registry.build(model_cfg, seed=0))
   count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert abs(count - published) / published < 0.02, count
 
@@ -64,7 +64,7 @@ def test_classifiers_pool_cls_for_encoders_and_the_last_token_for_decoders():
     small(),
     GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=32),
   ):
-    model = models.build(ClassifierConfig(backbone, num_classes=3), seed=0)
+    model = registry.build(ClassifierConfig(backbone, num_classes=3), seed=0)
     logits = model(padded(x, 3), lengths)
     assert logits.shape == (2, 3) and logits.dtype == jnp.float32
     alone = model(x[1:, :4], jnp.array([4]))  # padding after the length changes nothing

@@ -13,7 +13,9 @@ import pytest
 from flax import nnx
 
 from llm_jax import checkpoint, cli, config
+from llm_jax.inference import load
 from llm_jax.train import loop
+from llm_jax.train import trainer as trainer_lib
 from tests.conftest import REPO, tiny_config
 from tests.test_gpt import assert_close, stacked
 
@@ -33,7 +35,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   cfg.model.dropout = 0.1  # the dropout stream must resume too
   cfg.ckpt.update(every_steps=10, max_to_keep=5)
   first = loop.train(cfg, tmp_path)
-  abstract = loop.Trainer(cfg, None).steps.abstract
+  abstract = trainer_lib.Trainer(cfg, None).steps.abstract
   final_state = lambda: jax.device_get(_restore(tmp_path, cfg, 20, abstract))
   straight = final_state()
   # Simulate a crash right after the step-10 checkpoint: the later state is lost (the restart
@@ -54,14 +56,14 @@ def test_a_run_resumes_with_its_layers_stacked_the_other_way(tmp_path):
   cfg = tiny_config(steps=20, log_every=5)
   cfg.ckpt.update(every_steps=10, max_to_keep=5)
   loop.train(cfg, tmp_path)
-  listed = loop.Trainer(cfg, None)
+  listed = trainer_lib.Trainer(cfg, None)
   straight = _restore(tmp_path, cfg, 20, listed.steps.abstract)
   uninterrupted = rows(tmp_path)
   shutil.rmtree(tmp_path / 'checkpoints' / '20')
 
   cfg.model.scan_layers = True
   loop.train(cfg, tmp_path)  # resumes from the listed step 10, saves a stacked step 20
-  stacked_state = _restore(tmp_path, cfg, 20, loop.Trainer(cfg, None).steps.abstract)
+  stacked_state = _restore(tmp_path, cfg, 20, trainer_lib.Trainer(cfg, None).steps.abstract)
   for got, want in zip(rows(tmp_path), uninterrupted, strict=True):
     assert got['step'] == want['step']
     np.testing.assert_allclose(got.get('loss', 0), want.get('loss', 0), rtol=1e-5)
@@ -73,7 +75,7 @@ def test_a_run_resumes_with_its_layers_stacked_the_other_way(tmp_path):
     assert_close(jax.tree.leaves(got), jax.tree.leaves(want), rel=1e-3)
 
   cfg.model.scan_layers = False  # the stacked step 20 into listed layers
-  _, params = loop.load_params(
+  _, params = load.load_params(
     tmp_path, listed.task.model_cfg, listed.mesh, cfg.mesh.rules, what='test'
   )
   jax.tree.map(
@@ -99,9 +101,9 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
   cfg = tiny_config(steps=6, log_every=2)
   loop.train(cfg, tmp_path)  # saved under data=8
   ckpt = checkpoint.Checkpointer(tmp_path, cfg.ckpt)
-  saved = ckpt.restore(6, loop.Trainer(cfg, tmp_path).steps.abstract)
+  saved = ckpt.restore(6, trainer_lib.Trainer(cfg, tmp_path).steps.abstract)
   cfg.mesh.update(data=1, fsdp=4, tensor=2)
-  target = loop.Trainer(cfg, tmp_path).steps.abstract
+  target = trainer_lib.Trainer(cfg, tmp_path).steps.abstract
   resharded = ckpt.restore(6, target)
   ckpt.close()
   assert int(resharded.step) == 6
@@ -223,9 +225,9 @@ def test_export_then_init_from_starts_with_those_parameters(tmp_path):
   exported = sorted(p.name for p in (tmp_path / 'export' / 'checkpoints').iterdir())
   assert exported == ['10']
 
-  trainer = loop.Trainer(cfg, None)
+  trainer = trainer_lib.Trainer(cfg, None)
   for source in ('pretrain', 'export'):  # a run's workdir or its export
-    _, params = loop.load_params(
+    _, params = load.load_params(
       tmp_path / source, trainer.task.model_cfg, trainer.mesh, cfg.mesh.rules, what=source
     )
     ckpt = checkpoint.Checkpointer(tmp_path / 'pretrain', cfg.ckpt)

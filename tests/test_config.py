@@ -4,7 +4,10 @@ import jax
 import pytest
 from flax import nnx
 
-from llm_jax import config, models
+from llm_jax import config, distributed, validation
+from llm_jax.models import configs as model_configs
+from llm_jax.models import registry
+from llm_jax.train import optim
 from tests.conftest import REPO, tiny_config
 
 CONFIG_FILES = sorted((REPO / 'configs').glob('*.py'))
@@ -27,16 +30,16 @@ def load_config_file(path, arg=None):
 def test_every_config_validates_and_builds_abstractly(path, arg):
   cfg = load_config_file(path, arg)
   # The CPU quickstart targets one device; every other config must also fit 8-way data parallel.
-  config.validate(cfg, num_devices=1 if arg == 'cpu' else 8, backend='cpu')
+  validation.validate(cfg, num_devices=1 if arg == 'cpu' else 8, backend='cpu')
   # A smoke run of 10 steps is valid too: a longer warmup is cut to the run, in one line.
   warmup = cfg.optimizer.warmup_steps
   cfg.train.steps = 10
-  note = config.fit_warmup(cfg)
+  note = optim.fit_warmup(cfg)
   assert (note is None) == (warmup <= 10) and cfg.optimizer.warmup_steps == min(warmup, 10)
   assert note is None or note.count('\n') == 0 and f'warmup_steps={warmup}' in note
-  config.validate(cfg, num_devices=1 if arg == 'cpu' else 8, backend='cpu')
-  model_cfg = models.model_config(cfg.model, vocab_size=80)
-  abstract = nnx.eval_shape(lambda: models.build(model_cfg, seed=0))
+  validation.validate(cfg, num_devices=1 if arg == 'cpu' else 8, backend='cpu')
+  model_cfg = model_configs.from_section(cfg.model, 80)
+  abstract = nnx.eval_shape(lambda: registry.build(model_cfg, seed=0))
   n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert n > 0
 
@@ -45,8 +48,8 @@ def test_gpt2_presets_have_their_published_sizes():
   sizes = {}
   for name in ('124m', '350m', '774m', '1.5b'):
     cfg = load_config_file(REPO / 'configs/gpt2.py', name)
-    model_cfg = models.model_config(cfg.model, vocab_size=0)
-    abstract = nnx.eval_shape(lambda c=model_cfg: models.build(c, seed=0))
+    model_cfg = model_configs.from_section(cfg.model, 0)
+    abstract = nnx.eval_shape(lambda c=model_cfg: registry.build(c, seed=0))
     sizes[name] = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))) / 1e6
   # Published counts use vocab 50257; ours pads to 50304 (+0.04M-0.08M).
   assert sizes['124m'] == pytest.approx(124.4, abs=0.2)
@@ -112,16 +115,16 @@ def test_invalid_values_name_the_field(field, value, message):
   if message.startswith('data.seq_len=1'):
     cfg.model.update(name='bert', position='rope')
   with pytest.raises(config.ConfigError, match=message):
-    config.validate(cfg, num_devices=8, backend='cpu')
+    validation.validate(cfg, num_devices=8, backend='cpu')
 
 
 def test_splash_attention_needs_whole_blocks_of_the_sequence():
   cfg = tiny_config()
   cfg.model.attention = 'splash'
   with pytest.raises(config.ConfigError, match='data.seq_len=64 is not a multiple'):
-    config.validate(cfg, num_devices=8, backend='tpu')
+    validation.validate(cfg, num_devices=8, backend='tpu')
   cfg.model.block_size = cfg.data.seq_len = 128
-  config.validate(cfg, num_devices=8, backend='tpu')
+  validation.validate(cfg, num_devices=8, backend='tpu')
 
 
 def test_unknown_preset():
@@ -142,4 +145,4 @@ def test_bad_distributed_settings_name_the_field(values, message):
   cfg = tiny_config()
   cfg.distributed.update(values)
   with pytest.raises(config.ConfigError, match=message):
-    config.validate_distributed(cfg.distributed)
+    distributed.validate(cfg.distributed)

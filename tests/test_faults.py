@@ -19,8 +19,9 @@ import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
-from llm_jax import checkpoint, cli, tracking
+from llm_jax import checkpoint, cli, rundir, tracking
 from llm_jax.train import loop
+from llm_jax.train import trainer as trainer_lib
 from tests.conftest import REPO, tiny_config
 from tests.test_checkpoint import _restore, rows, without_timings
 
@@ -80,7 +81,7 @@ def config():
 
 def final_state(workdir, cfg, step=20):
   """The training state `workdir` saved at `step`, on the host."""
-  return jax.device_get(_restore(workdir, cfg, step, loop.Trainer(cfg, None).steps.abstract))
+  return jax.device_get(_restore(workdir, cfg, step, trainer_lib.Trainer(cfg, None).steps.abstract))
 
 
 @pytest.fixture(scope='module')
@@ -145,7 +146,7 @@ def test_a_failure_that_is_not_damage_is_raised_and_loses_nothing(tmp_path, stra
   workdir, _, _ = straight
   run = tmp_path / 'run'
   shutil.copytree(workdir, run)
-  logged = (run / tracking.METRICS_FILE).read_text()
+  logged = (run / rundir.METRICS).read_text()
 
   for error in (
     ValueError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.5GiB'),
@@ -160,11 +161,11 @@ def test_a_failure_that_is_not_damage_is_raised_and_loses_nothing(tmp_path, stra
     with pytest.raises(type(error), match=str(error)[:20]):
       loop.train(config(), run)
     assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == ['10', '20']
-    assert (run / tracking.METRICS_FILE).read_text() == logged
+    assert (run / rundir.METRICS).read_text() == logged
 
 
 def test_metric_rows_are_rewritten_whole_or_not_at_all(tmp_path, monkeypatch):
-  path = tmp_path / tracking.METRICS_FILE
+  path = tmp_path / rundir.METRICS
   path.write_text(''.join(json.dumps({'step': s, 'loss': 1.0}) + '\n' for s in (5, 10, 15, 20)))
   before = path.read_text()
 

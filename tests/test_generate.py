@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm_jax import generate, models
-from llm_jax.models.gpt import GPTConfig
+from llm_jax.inference import generate
+from llm_jax.models import registry
+from llm_jax.models.configs import GPTConfig
 
 CFG = GPTConfig(vocab_size=20, block_size=24, n_layer=2, n_head=2, n_embd=16)
 PROMPTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
 
 
 def split(cfg=CFG, seed=0):
-  return nnx.split(models.build(cfg, seed=seed), nnx.Param)
+  return nnx.split(registry.build(cfg, seed=seed), nnx.Param)
 
 
 def greedy_by_recomputation(graphdef, params, prompt, n, block_size):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm_jax import models, perf
-from llm_jax.models.bert import BERTConfig
-from llm_jax.models.gpt import GPTConfig, attention_implementation
-from llm_jax.train import tasks
+from llm_jax import perf
+from llm_jax.models import registry
+from llm_jax.models.configs import BERTConfig, GPTConfig
+from llm_jax.models.layers import attention_implementation
+from llm_jax.train import losses
 
 LOGICAL_AXES = {'vocab', 'embed', 'heads', 'kv', 'mlp', 'layers', None}
 
@@ -24,7 +25,7 @@ def tokens(b=2, t=16, seed=0):
 
 @pytest.mark.parametrize('position', ['learned', 'rope'])
 def test_logits_shape_and_causality(position):
-  model = models.build(small(position=position), seed=0)
+  model = registry.build(small(position=position), seed=0)
   x = tokens()
   logits = model(x)
   assert logits.shape == (2, 16, 50) and logits.dtype == jnp.float32
@@ -36,7 +37,7 @@ def test_logits_shape_and_causality(position):
 
 def test_bf16_compute_keeps_fp32_params_and_tracks_fp32():
   cfg32, cfg16 = small(), small(dtype='bfloat16')
-  m32, m16 = models.build(cfg32, seed=0), models.build(cfg16, seed=0)
+  m32, m16 = registry.build(cfg32, seed=0), registry.build(cfg16, seed=0)
   params = nnx.state(m16, nnx.Param)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   np.testing.assert_allclose(m16(tokens()), m32(tokens()), atol=0.05)
@@ -50,7 +51,7 @@ def test_bf16_models_project_onto_the_vocabulary_in_fp32(family):
   if family == 'bert':
     shared = {f.name for f in dataclasses.fields(BERTConfig)}
     cfg = BERTConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in shared})
-  model = models.build(cfg, seed=0)
+  model = registry.build(cfg, seed=0)
   logits = model(tokens())
   assert logits.dtype == jnp.float32
   on_bf16_grid = logits.astype(jnp.bfloat16).astype(jnp.float32) == logits
@@ -58,7 +59,7 @@ def test_bf16_models_project_onto_the_vocabulary_in_fp32(family):
 
 
 def test_every_parameter_names_known_logical_axes():
-  model = models.build(small(), seed=0)
+  model = registry.build(small(), seed=0)
   params = nnx.state(model, nnx.Param)
   specs = nnx.get_partition_spec(params)
   for (path, spec), leaf in zip(
@@ -82,7 +83,7 @@ def test_every_parameter_names_known_logical_axes():
 
 def test_gpt2_initialisation_and_parameter_count():
   cfg = small(n_layer=8, n_embd=64, vocab_size=1000, block_size=64)
-  params = nnx.state(models.build(cfg, seed=0), nnx.Param)
+  params = nnx.state(registry.build(cfg, seed=0), nnx.Param)
   flat = {'/'.join(map(str, k)): v[...] for k, v in nnx.to_flat_state(params)}
   assert abs(flat['wte/embedding'].std() - 0.02) < 0.002
   assert abs(flat['blocks/0/mlp/proj/kernel'].std() - 0.02 / np.sqrt(16)) < 0.001
@@ -95,7 +96,7 @@ def test_gpt2_initialisation_and_parameter_count():
 
 
 def test_dropout_only_with_rngs():
-  model = models.build(small(dropout=0.5), seed=0)
+  model = registry.build(small(dropout=0.5), seed=0)
   x = tokens()
   np.testing.assert_array_equal(model(x), model(x))
   a, b = model(x, rngs=nnx.Rngs(dropout=1)), model(x, rngs=nnx.Rngs(dropout=2))
@@ -116,7 +117,7 @@ def attention_case(name: str, **kw):
   rows of 128: causal with packed documents for GPT, bidirectional with a padded row for BERT."""
   family = BERTConfig if name == 'bert' else GPTConfig
   base = dict(vocab_size=50, block_size=128, n_layer=2, n_head=2, n_embd=32, position='rope')
-  graphdef, params = nnx.split(models.build(family(**base, **kw), seed=0), nnx.Param)
+  graphdef, params = nnx.split(registry.build(family(**base, **kw), seed=0), nnx.Param)
   if name == 'gpt':
     extra = dict(segment_ids=jnp.array([[0] * 50 + [1] * 78, [0] * 128]))
   else:
@@ -157,13 +158,13 @@ def test_splash_attention_gives_xlas_loss_and_gradients(name):
 
 def test_splash_falls_back_to_xla_at_lengths_it_cannot_tile():
   x = tokens(2, 40)
-  splash = models.build(small(block_size=128, attention='splash'), seed=0)(x)
-  np.testing.assert_array_equal(splash, models.build(small(block_size=128), seed=0)(x))
+  splash = registry.build(small(block_size=128, attention='splash'), seed=0)(x)
+  np.testing.assert_array_equal(splash, registry.build(small(block_size=128), seed=0)(x))
 
 
 @pytest.mark.parametrize('position', ['learned', 'rope'])
 def test_segment_ids_keep_each_document_to_itself(position):
-  model = models.build(small(position=position), seed=0)
+  model = registry.build(small(position=position), seed=0)
   a, b = tokens(1, 6, seed=1), tokens(1, 10, seed=2)
   packed = jnp.concatenate([a, b], axis=1)  # two documents in one (1, 16) row
   segment_ids = jnp.array([[0] * 6 + [1] * 10])
@@ -184,12 +185,12 @@ def stacked(pure: dict) -> dict:
 
 def loss_and_grads(cfg, pure_params, x):
   """Cross-entropy with dropout on (fixed keys), and its gradients, as pure dicts."""
-  graphdef, params = nnx.split(models.build(cfg, seed=1), nnx.Param)
+  graphdef, params = nnx.split(registry.build(cfg, seed=1), nnx.Param)
   nnx.replace_by_pure_dict(params, pure_params)
 
   def loss(params):
     logits = nnx.merge(graphdef, params)(x[:, :-1], rngs=nnx.Rngs(dropout=7))
-    return tasks.cross_entropy(logits, x[:, 1:])
+    return losses.cross_entropy(logits, x[:, 1:])
 
   value, grads = jax.jit(jax.value_and_grad(loss))(params)
   return value, nnx.to_pure_dict(grads)
@@ -201,7 +202,7 @@ def loss_and_grads(cfg, pure_params, x):
 def test_scanned_and_rematerialised_blocks_compute_the_loops_loss_and_gradients(name, remat):
   family = BERTConfig if name == 'bert' else GPTConfig
   cfg = family(vocab_size=50, block_size=32, n_layer=3, n_head=4, n_embd=32, dropout=0.1)
-  loop_params = nnx.to_pure_dict(nnx.state(models.build(cfg, seed=0), nnx.Param))
+  loop_params = nnx.to_pure_dict(nnx.state(registry.build(cfg, seed=0), nnx.Param))
   x = tokens(t=17)
   ref_loss, ref_grads = loss_and_grads(cfg, loop_params, x)
   scan_cfg = dataclasses.replace(cfg, scan_layers=True, remat=remat)
@@ -212,9 +213,9 @@ def test_scanned_and_rematerialised_blocks_compute_the_loops_loss_and_gradients(
 
 
 def test_scanned_blocks_stack_the_loops_initial_values_on_a_leading_layers_axis():
-  model = models.build(small(scan_layers=True, n_layer=3), seed=0)
+  model = registry.build(small(scan_layers=True, n_layer=3), seed=0)
   pure = lambda m: nnx.to_pure_dict(nnx.state(m, nnx.Param))
-  expected = stacked(pure(models.build(small(n_layer=3), seed=0)))
+  expected = stacked(pure(registry.build(small(n_layer=3), seed=0)))
   jax.tree.map(np.testing.assert_array_equal, pure(model), expected)
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   fc = flat[('blocks', 'mlp', 'fc', 'kernel')]

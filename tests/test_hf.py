@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,10 @@ import transformers
 from flax import nnx
 from tokenizers import ByteLevelBPETokenizer
 
-from llm_jax import cli, config, hf
+from llm_jax import cli, config
+from llm_jax.inference import hf, load
+from llm_jax.models import configs as model_configs
+from llm_jax.models import registry
 from llm_jax.train import loop
 from tests.test_tasks import small_config, write_labelled
 
@@ -37,7 +41,7 @@ def hf_logits(model, ids):
 
 
 def our_logits(workdir, ids):
-  run = loop.load_model(workdir, what='test')
+  run = load.load_model(workdir, what='test')
   return np.asarray(nnx.merge(run.graphdef, run.params)(np.asarray(ids)))
 
 
@@ -60,7 +64,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_tokenizer(tmp_pat
   ours = our_logits(tmp_path / 'run', IDS)
   np.testing.assert_allclose(hf_logits(exported, IDS), ours, atol=1e-4)
   tokenizer = transformers.GPT2TokenizerFast.from_pretrained(tmp_path / 'out')
-  run = loop.load_model(tmp_path / 'run', what='test')
+  run = load.load_model(tmp_path / 'run', what='test')
   text = 'To be, or not to be: the winter question.'
   assert tokenizer(text)['input_ids'] == run.tokenizer.encode(text).tolist()
 
@@ -94,7 +98,7 @@ def test_import_into_a_run_directory_that_is_not_empty_needs_force(tmp_path, cap
   assert cli.main([*imported, '--force']) == 0
   aside = [p.name for p in run.glob('checkpoints.replaced-*')]
   assert len(aside) == 1 and sorted(p.name for p in (run / aside[0]).iterdir()) == ['4']
-  assert loop.load_model(run, what='test').step == 0  # the import, not the old run's step 4
+  assert load.load_model(run, what='test').step == 0  # the import, not the old run's step 4
 
 
 WORDS = 'to be or not that is the question now winter of our discontent'.split()
@@ -122,7 +126,7 @@ def test_bert_imports_and_exports_with_transformers_logits_and_tokenizer(tmp_pat
   ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 32)).tolist()
   np.testing.assert_allclose(our_logits(tmp_path / 'run', ids), hf_logits(model, ids), atol=1e-4)
   # Padding: our lengths mask the same keys as transformers' attention_mask.
-  run = loop.load_model(tmp_path / 'run', what='test')
+  run = load.load_model(tmp_path / 'run', what='test')
   ours = nnx.merge(run.graphdef, run.params)(np.asarray(ids), lengths=np.array([32, 20]))
   mask = torch.tensor([[1] * 32, [1] * 20 + [0] * 12])
   with torch.no_grad():
@@ -149,6 +153,29 @@ def test_other_architectures_are_refused_with_one_clear_line(tmp_path):
     hf._check_exportable(config.preset('bert_tiny'))
   with pytest.raises(FileNotFoundError, match='config.json not found'):
     hf.import_model(tmp_path / 'nothing', tmp_path / 'run')
+
+
+def our_params(preset, **model):
+  """A small model's random parameters (a pure dict of arrays) and its `model` config section."""
+  cfg = config.preset(preset)
+  cfg.model.update(vocab_size=96, position='learned', **model)  # GPT-2 and BERT: learned
+  built = registry.build(model_configs.from_section(cfg.model, 0), seed=0)
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(built, nnx.Param))), cfg.model
+
+
+@pytest.mark.parametrize('preset, model_type', [('gpt_tiny', 'gpt2'), ('bert_tiny', 'bert')])
+def test_each_family_table_maps_weights_back_to_the_same_parameters(preset, model_type):
+  family = hf.FAMILIES[model_type]
+  params, m = our_params(preset)
+  weights = hf.weights_from_params(family, m, params)
+  back = hf.params_from_weights(family, m, weights.__getitem__)
+  jax.tree.map(np.testing.assert_array_equal, back, params)  # same tree, same arrays
+  # Scanned layers (stacked on a leading axis) export to the very same weights.
+  stacked, m = our_params(preset, scan_layers=True)
+  scanned = hf.weights_from_params(family, m, stacked)
+  assert scanned.keys() == weights.keys()
+  for name, w in weights.items():
+    np.testing.assert_array_equal(scanned[name], w, err_msg=name)
 
 
 @pytest.mark.slow

@@ -4,8 +4,9 @@ import re
 import pytest
 
 from llm_jax import cli, topology
-from llm_jax.config import ConfigError
-from llm_jax.train import loop, plan
+from llm_jax.errors import ConfigError
+from llm_jax.train import plan
+from llm_jax.train import trainer as trainer_lib
 from tests.conftest import REPO, needs_libtpu, tiny_config
 
 
@@ -30,7 +31,7 @@ def test_dry_run_reports_memory_and_shardings_without_allocating(capsys, tmp_pat
 def test_plan_counts_what_one_device_holds():
   cfg = tiny_config()
   cfg.mesh.update(data=1, fsdp=8)
-  trainer = loop.Trainer(cfg, workdir=None)
+  trainer = trainer_lib.Trainer(cfg, workdir=None)
   assert trainer.state is None  # planning allocates no state
   p = plan.memory_plan(trainer)
   n_params = sum(x.size for x in __import__('jax').tree.leaves(trainer.steps.abstract.params))
@@ -57,7 +58,7 @@ def test_a_described_tpu_slice_compiles_splash_attention_to_its_tpu_kernel():
   cfg.model.update(block_size=128, attention='splash')
   cfg.data.seq_len = 128
   cfg.mesh.update(data=2, tensor=2)
-  trainer = loop.Trainer(cfg, workdir=None, devices=topology.devices('v5e:2x2'))
+  trainer = trainer_lib.Trainer(cfg, workdir=None, devices=topology.devices('v5e:2x2'))
   p = plan.memory_plan(trainer)
   assert trainer.mesh.devices.flat[0].device_kind == 'TPU v5 lite' and trainer.mesh.size == 4
   assert 'tpu_custom_call' in trainer.train_step.as_text()  # the Pallas kernel, not interpreted
@@ -74,7 +75,7 @@ def test_two_described_slices_put_the_dcn_axis_across_them(capsys):
   assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} over 8 TPU v5 lite" in capsys.readouterr().out
   cfg = tiny_config()
   cfg.mesh.update(data=2, dcn_data=2, fsdp=4)
-  trainer = loop.Trainer(cfg, workdir=None, devices=topology.devices('v5e:2x2', slices=2))
+  trainer = trainer_lib.Trainer(cfg, workdir=None, devices=topology.devices('v5e:2x2', slices=2))
   slices = [{d.slice_index for d in row.flat} for row in trainer.mesh.devices]
   assert slices == [{0}, {1}]  # only the data axis crosses slices; fsdp stays within one
 

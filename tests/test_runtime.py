@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from llm_jax import runtime
+from llm_jax import config, runtime
 
 TOUCH_A_DEVICE = (
   'import jax; jax.jit(lambda x: x @ x.T)(jax.numpy.ones((64, 64))).block_until_ready()'
@@ -15,7 +15,7 @@ def run_python(code: str, xla_flags: str) -> subprocess.CompletedProcess:
 
 
 def test_our_flags_follow_the_users_and_never_replace_them():
-  ours = ' '.join(runtime.GPU_FLAGS)
+  ours = ' '.join(config.GPU_FLAGS)
   users = '--xla_gpu_enable_triton_gemm=true --xla_dump_to=/tmp/x'
   merged = runtime.merged_flags(users, ours)
   assert merged == f'{users} --xla_gpu_enable_latency_hiding_scheduler=true'
@@ -24,7 +24,7 @@ def test_our_flags_follow_the_users_and_never_replace_them():
 
 def test_the_default_gpu_flags_exist_in_this_jaxlib():
   # XLA parses every flag on every backend and aborts on unknown ones: CPU can check GPU flags.
-  assert run_python(TOUCH_A_DEVICE, ' '.join(runtime.GPU_FLAGS)).returncode == 0
+  assert run_python(TOUCH_A_DEVICE, ' '.join(config.GPU_FLAGS)).returncode == 0
   bogus = run_python(TOUCH_A_DEVICE, '--xla_gpu_no_such_flag=true')
   assert bogus.returncode != 0 and 'xla_gpu_no_such_flag' in bogus.stderr
 

@@ -5,8 +5,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from llm_jax import config, models, sharding
-from llm_jax.train import loop
+from llm_jax import config, sharding, validation
+from llm_jax.models import configs as model_configs
+from llm_jax.train import trainer as trainer_lib
 from tests.conftest import tiny_config
 
 STRATEGIES = {
@@ -72,16 +73,16 @@ def test_bad_rules_are_config_errors(rules, message):
   cfg = tiny_config()
   cfg.mesh.rules = rules
   with pytest.raises(config.ConfigError, match=message):
-    config.validate(cfg, num_devices=8, backend='cpu')
+    validation.validate(cfg, num_devices=8, backend='cpu')
 
 
 def _steps(mesh_axes, devices=None, **model):
   cfg = tiny_config()
   cfg.mesh.update(mesh_axes)
   cfg.model.update(model)
-  model_cfg = models.model_config(cfg.model, vocab_size=64)
+  model_cfg = model_configs.from_section(cfg.model, 64)
   mesh = sharding.make_mesh(cfg.mesh, devices)
-  return cfg, mesh, loop.build_steps(cfg, model_cfg, mesh)
+  return cfg, mesh, trainer_lib.build_steps(cfg, model_cfg, mesh)
 
 
 @pytest.mark.parametrize('strategy', STRATEGIES)
@@ -120,7 +121,7 @@ def _losses(steps, mesh, num_steps=5, seq_len=64):
   losses = []
   for _ in range(num_steps):
     x = rng.integers(0, 64, (16, seq_len + 1), dtype=np.int32)
-    put = lambda a: jax.device_put(a, loop.batch_sharding(mesh))
+    put = lambda a: jax.device_put(a, trainer_lib.batch_sharding(mesh))
     state, metrics = steps.train(state, {'inputs': put(x[:, :-1]), 'targets': put(x[:, 1:])})
     losses.append(float(metrics['loss']))
   return losses
@@ -143,7 +144,7 @@ def test_splash_attention_runs_per_device_and_trains_like_xla():
   reference = _losses(one, one_mesh, num_steps=3, seq_len=128)
   levers = dict(attention='splash', scan_layers=True, remat='dots_saveable')
   _, mesh, steps = _steps(STRATEGIES['data=2×fsdp=2×tensor=2'], **levers, **long)
-  batch = jax.ShapeDtypeStruct((16, 128), np.int32, sharding=loop.batch_sharding(mesh))
+  batch = jax.ShapeDtypeStruct((16, 128), np.int32, sharding=trainer_lib.batch_sharding(mesh))
   hlo = steps.train.lower(steps.abstract, {'inputs': batch, 'targets': batch}).as_text()
   assert hlo.count('sdy.manual_computation') >= 2  # one kernel per block, and its backward
   np.testing.assert_allclose(_losses(steps, mesh, num_steps=3, seq_len=128), reference, atol=1e-4)
@@ -151,7 +152,7 @@ def test_splash_attention_runs_per_device_and_trains_like_xla():
 
 def test_activations_are_constrained_at_block_boundaries():
   cfg, mesh, steps = _steps(STRATEGIES['fsdp=4×tensor=2'])
-  batch = jax.ShapeDtypeStruct((16, 64), np.int32, sharding=loop.batch_sharding(mesh))
+  batch = jax.ShapeDtypeStruct((16, 64), np.int32, sharding=trainer_lib.batch_sharding(mesh))
   hlo = steps.train.lower(steps.abstract, {'inputs': batch, 'targets': batch}).as_text()
   # One constraint before and after each of the 2 blocks, in the forward and backward pass.
   assert hlo.count('sdy.sharding_constraint') >= 2 * cfg.model.n_layer
@@ -161,13 +162,13 @@ def test_a_dimension_the_mesh_cannot_split_is_a_config_error():
   cfg = tiny_config()
   cfg.mesh.update(data=1, fsdp=8)
   cfg.model.n_embd = 36  # 36 / fsdp=8 does not divide; n_head=2 still divides it
-  model_cfg = models.model_config(cfg.model, vocab_size=64)
+  model_cfg = model_configs.from_section(cfg.model, 64)
   with pytest.raises(config.ConfigError, match="'embed' dimension \\(36\\) does not divide over"):
-    loop.build_steps(cfg, model_cfg, sharding.make_mesh(cfg.mesh))
+    trainer_lib.build_steps(cfg, model_cfg, sharding.make_mesh(cfg.mesh))
 
 
 def test_tokenizer_vocabularies_are_padded_for_tensor_parallelism():
   cfg = tiny_config()
-  assert models.model_config(cfg.model, vocab_size=79).vocab_size == 128
+  assert model_configs.from_section(cfg.model, 79).vocab_size == 128
   cfg.model.vocab_size = 100  # an explicit size is kept as given
-  assert models.model_config(cfg.model, vocab_size=79).vocab_size == 100
+  assert model_configs.from_section(cfg.model, 79).vocab_size == 100

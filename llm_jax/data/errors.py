@@ -1,5 +1,7 @@
 """The one error type of the data package."""
 
+from llm_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
   """Unusable data or tokenizer input; the message names the setting, file or field."""

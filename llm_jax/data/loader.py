@@ -10,6 +10,10 @@ hosts read disjoint data that together make up the whole batch.
 With segment ids, every token also carries the index of its document within the window (an EOS
 starts the next document) and its position counted from that document's start, so the model can
 keep attention and position embeddings inside each document.
+
+Every task's training batches (`WindowBatches` for language models, `ExampleBatches` for
+labelled examples) answer the same two questions: `shapes(batch_size)`, the global shape of each
+array, and `batches(step, rows)`, this process's rows of the global batch for `step`.
 """
 
 import dataclasses
@@ -104,6 +108,23 @@ class TrainBatches:
     return _batch(chunk, self.eos_id)
 
 
+class WindowBatches:
+  """A task's training batches of packed windows (`TrainBatches`), as arrays by name: `keys`
+  (default: every array the windows give) of rows `rows` of the global batch for `step`."""
+
+  def __init__(self, stream: TokenStream, *, keys: tuple[str, ...] | None = None, **windows):
+    self._windows = TrainBatches(stream, **windows)
+    self.keys = self._windows.keys if keys is None else keys
+
+  def shapes(self, batch_size: int) -> dict[str, tuple]:
+    """The global shape of each array of a batch of `batch_size` rows."""
+    return dict.fromkeys(self.keys, (batch_size, self._windows.seq_len))
+
+  def __call__(self, step: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    arrays = self._windows(step, rows).arrays()
+    return {k: arrays[k] for k in self.keys}
+
+
 class ExampleBatches:
   """`batches(step, rows)`: rows of the global batch of whole examples (arrays of equal length
   N, indexed on their first axis) for `step`."""
@@ -111,6 +132,10 @@ class ExampleBatches:
   def __init__(self, arrays: dict[str, np.ndarray], *, batch_size: int, seed: int):
     self.arrays = arrays
     self.order = Order(len(next(iter(arrays.values()))), batch_size, seed)
+
+  def shapes(self, batch_size: int) -> dict[str, tuple]:
+    """The global shape of each array of a batch of `batch_size` examples."""
+    return {k: (batch_size, *v.shape[1:]) for k, v in self.arrays.items()}
 
   def __call__(self, step: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
     index = np.asarray(self.order.indices(step, rows))

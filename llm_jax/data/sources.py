@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 from llm_jax.data import corpus
 from llm_jax.data.errors import DataError
+from llm_jax.errors import MissingFile
 
 SCHEMES = ('shakespeare', 'genre', 'text', 'jsonl', 'tfds')
 SPLITS = ('train', 'validation')
@@ -132,7 +133,7 @@ class Files(Source):
     self.files = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
     self.files = [f for f in self.files if os.path.isfile(f)]
     if not self.files:
-      raise FileNotFoundError(f'data.source={spec}: no file matches {pattern}')
+      raise MissingFile(f'data.source={spec}: no file matches {pattern}')
     self.text_documents = text_documents
 
   def _read(self, path: str) -> str:
@@ -204,7 +205,7 @@ class TFDS(Source):
   def _check_built(self) -> None:
     builder = self._tfds.builder(self.name, data_dir=self.data_dir)
     if not builder.is_prepared():
-      raise FileNotFoundError(
+      raise MissingFile(
         f'data.source={self.spec}: {self.name} is not built in {builder.data_dir}; build it where'
         f' there is network (tfds build {self.name} --file_format=array_record) and set'
         ' data.tfds_data_dir'

@@ -17,6 +17,7 @@ from etils import epath
 
 from llm_jax import storage
 from llm_jax.data.errors import DataError
+from llm_jax.errors import MissingFile
 
 KINDS = ('char', 'byte', 'bpe', 'gpt2', 'wordpiece', 'sentencepiece')
 WITH_FILES = ('gpt2', 'wordpiece', 'sentencepiece')  # kinds read from files: KIND:PATH
@@ -166,7 +167,7 @@ class HFTokenizer(Tokenizer):
 
     directory = pathlib.Path(directory)
     if not (directory / 'vocab.txt').is_file():
-      raise FileNotFoundError(f'data.tokenizer=wordpiece:{directory}: vocab.txt not found')
+      raise MissingFile(f'data.tokenizer=wordpiece:{directory}: vocab.txt not found')
     settings = directory / 'tokenizer_config.json'
     lower = (
       json.loads(settings.read_text()).get('do_lower_case', True) if settings.is_file() else True
@@ -200,7 +201,7 @@ class HFTokenizer(Tokenizer):
     files = [pathlib.Path(directory) / name for name in ('vocab.json', 'merges.txt')]
     for f in files:
       if not f.is_file():
-        raise FileNotFoundError(f'data.tokenizer=gpt2:{directory}: {f} not found')
+        raise MissingFile(f'data.tokenizer=gpt2:{directory}: {f} not found')
     tok = _byte_level(_models().BPE.from_file(*map(str, files)))
     tok.add_special_tokens([EOS_TEXT])
     return cls('gpt2', tok)
@@ -263,7 +264,7 @@ class SentencePieceTokenizer(Tokenizer):
     try:
       return cls(pathlib.Path(path).read_bytes(), name=path)
     except FileNotFoundError:
-      raise FileNotFoundError(f'data.tokenizer=sentencepiece:{path}: {path} not found') from None
+      raise MissingFile(f'data.tokenizer=sentencepiece:{path}: {path} not found') from None
 
   def special_ids(self):
     sp = self._sp
@@ -343,6 +344,6 @@ def load(path) -> Tokenizer:
   try:
     return from_json(json.loads(path.read_text(encoding='utf-8')))
   except FileNotFoundError:
-    raise FileNotFoundError(f'tokenizer file not found: {path}') from None
+    raise MissingFile(f'tokenizer file not found: {path}') from None
   except Exception as e:  # noqa: BLE001 -- `tokenizers` raises bare Exception on bad JSON
     raise DataError(f'tokenizer file {path} is damaged ({type(e).__name__}: {e})') from None

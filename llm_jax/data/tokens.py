@@ -15,6 +15,7 @@ import numpy as np
 
 from llm_jax.data import tokenizer as tokenizer_lib
 from llm_jax.data.errors import DataError
+from llm_jax.errors import MissingFile
 
 MANIFEST = 'manifest.json'
 TOKENIZER = 'tokenizer.json'
@@ -110,7 +111,7 @@ class Prepared:
 def _open_shard(path: pathlib.Path, shard: dict, dtype, vocab_size: int) -> np.ndarray:
   file = path / shard['file']
   if not file.is_file():
-    raise FileNotFoundError(f'data.path: shard {file} is missing')
+    raise MissingFile(f'data.path: shard {file} is missing')
   expected = shard['tokens'] * dtype.itemsize
   if file.stat().st_size != expected:
     raise DataError(
@@ -133,7 +134,7 @@ def open_prepared(path) -> Prepared:
   path = pathlib.Path(path)
   manifest_file = path / MANIFEST
   if not manifest_file.is_file():
-    raise FileNotFoundError(
+    raise MissingFile(
       f'data.path={path}: no {MANIFEST} there (run llm-jax prepare --out={path}, or it did not'
       ' finish)'
     )

@@ -4,17 +4,16 @@ Token, position and token-type embeddings summed and normalised; encoder blocks 
 as in the original (`norm='pre'` for pre-LN, which trains more stably when deep); a GELU MLP; and
 an MLM head (dense, GELU, LayerNorm, then the input embeddings transposed plus a bias). Padding
 is right-aligned and given as lengths, so attention ignores it on every backend (cuDNN included).
-The attention and MLP layers, and their logical axis names, are GPT's: one sharding rules table
-serves both families.
+The attention and MLP layers, and their logical axis names, are the shared ones (`layers.py`): one
+sharding rules table serves every family. The config is `configs.BERTConfig`.
 """
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm_jax.models.gpt import (
+from llm_jax.models.configs import BERTConfig
+from llm_jax.models.layers import (
   DTYPES,
   MLP,
   Attention,
@@ -25,33 +24,6 @@ from llm_jax.models.gpt import (
   normal,
   tied_logits,
 )
-
-NORMS = ('post', 'pre')
-
-
-@dataclasses.dataclass(frozen=True)
-class BERTConfig:
-  vocab_size: int
-  block_size: int = 512  # longest input; size of the position table
-  n_layer: int = 12
-  n_head: int = 12
-  n_embd: int = 768
-  mlp_ratio: int = 4
-  dropout: float = 0.1
-  bias: bool = True
-  position: str = 'learned'  # 'learned' table or 'rope'
-  rope_theta: float = 10_000.0
-  dtype: str = 'float32'
-  attention: str = 'auto'
-  norm: str = 'post'  # 'post' (original BERT) or 'pre'
-  type_vocab_size: int = 2
-  scan_layers: bool = False
-  remat: str = 'none'
-
-  @property
-  def head_dim(self) -> int:
-    return self.n_embd // self.n_head
-
 
 EPSILON = 1e-12  # BERT's LayerNorm epsilon
 

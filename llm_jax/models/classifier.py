@@ -5,23 +5,13 @@ pools its last real token, the only position that has seen the whole passage und
 attention. A dropout and a linear layer then give the class logits.
 """
 
-import dataclasses
-
 import jax.numpy as jnp
 from flax import nnx
 
-from llm_jax.models.bert import BERTConfig, Encoder
-from llm_jax.models.gpt import DTYPES, GPT, GPTConfig, axes, normal
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
-  backbone: GPTConfig | BERTConfig
-  num_classes: int
-
-  @property
-  def dropout(self) -> float:
-    return self.backbone.dropout  # the head drops out as much as the backbone
+from llm_jax.models.bert import Encoder
+from llm_jax.models.configs import BERTConfig, ClassifierConfig
+from llm_jax.models.gpt import GPT
+from llm_jax.models.layers import DTYPES, axes, normal
 
 
 class Classifier(nnx.Module):

@@ -20,14 +20,14 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
+from llm_jax.models.configs import SPLASH_LANES
 from llm_jax.sharding import per_device, platform
 
-LANES = 128  # key blocks must be multiples of the TPU's lane width
 BLOCKS = (512, 256, 128)  # largest first; 512 is MaxText's default for every block
 
 
 def supports(seq_len: int) -> bool:
-  return seq_len % LANES == 0
+  return seq_len % SPLASH_LANES == 0  # key blocks: multiples of the lane width
 
 
 @functools.cache

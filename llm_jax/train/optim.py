@@ -3,6 +3,8 @@
 import jax
 import optax
 
+from llm_jax.errors import check
+
 
 def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`.
@@ -46,3 +48,26 @@ def make(opt_cfg, total_steps: int) -> optax.GradientTransformation:
   if opt_cfg.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), adamw)
   return adamw
+
+
+def validate(o) -> None:
+  """Checks the `optimizer` section."""
+  check(o.lr > 0, f'optimizer.lr={o.lr} must be positive')
+  check(o.warmup_steps >= 0, f'optimizer.warmup_steps={o.warmup_steps} must be >= 0')
+  check(0 <= o.min_lr_ratio <= 1, f'optimizer.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]')
+  check(o.weight_decay >= 0, f'optimizer.weight_decay={o.weight_decay} must be >= 0')
+  check(o.clip_norm >= 0, f'optimizer.clip_norm={o.clip_norm} must be >= 0 (0: off)')
+
+
+def fit_warmup(cfg) -> str | None:
+  """Shortens a warmup longer than the run to the run (a smoke run of a few steps of any
+  config); returns the one line that says so, or None."""
+  o, t = cfg.optimizer, cfg.train
+  if t.steps <= 0 or o.warmup_steps <= t.steps:  # validation names a bad train.steps
+    return None
+  note = (
+    f'optimizer.warmup_steps={o.warmup_steps} is longer than train.steps={t.steps}: warming up'
+    f' over all {t.steps} steps'
+  )
+  o.warmup_steps = t.steps
+  return note

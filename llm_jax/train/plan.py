@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from llm_jax import topology
-from llm_jax.config import ConfigError
+from llm_jax.errors import ConfigError
 
 GIB = 2**30
 

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from llm_jax import models, sharding
+from llm_jax import sharding
+from llm_jax.models import registry
 
 
 class TrainState(NamedTuple):
@@ -27,32 +28,9 @@ def no_bad_steps():
   return jnp.zeros((), jnp.int32), jnp.array([-1, 0], jnp.int32)
 
 
-def param_layout(model_cfg, mesh, rules):
-  """(graphdef, abstract params, their shardings) of a model, nothing allocated."""
-  graphdef, abstract_params = nnx.split(
-    nnx.eval_shape(lambda: models.build(model_cfg, 0)), nnx.Param
-  )
-  logical = nnx.get_partition_spec(abstract_params)
-  sharding.check_divisible(logical, abstract_params, mesh, rules)
-  return graphdef, abstract_params, sharding.tree_shardings(logical, mesh, rules)
-
-
-def with_shardings(abstract, shardings):
-  """ShapeDtypeStructs of `abstract` that carry `shardings`."""
-  return jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-  )
-
-
-def abstract_params(model_cfg, mesh, rules):
-  """A model's parameters as ShapeDtypeStructs carrying their shardings: a restore target."""
-  _, abstract, shardings = param_layout(model_cfg, mesh, rules)
-  return with_shardings(abstract, shardings)
-
-
 def state_shardings(model_cfg, tx, mesh, rules):
   """(graphdef, abstract state, shardings): the training state's layout, nothing allocated."""
-  graphdef, abstract_params, param_shardings = param_layout(model_cfg, mesh, rules)
+  graphdef, abstract_params, param_shardings = registry.param_layout(model_cfg, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   # Optimizer moments follow their parameters; scalars such as step counts are replicated.
   opt_shardings = optax.tree_map_params(
@@ -70,14 +48,14 @@ def state_shardings(model_cfg, tx, mesh, rules):
     abstract_opt,
     *jax.eval_shape(no_bad_steps),
   )
-  return graphdef, with_shardings(abstract, shardings), shardings
+  return graphdef, registry.with_shardings(abstract, shardings), shardings
 
 
 def make_init(model_cfg, tx, seed: int, shardings):
   """A jitted function creating the initial state directly on its shardings."""
 
   def init():
-    params = nnx.state(models.build(model_cfg, seed), nnx.Param)
+    params = nnx.state(registry.build(model_cfg, seed), nnx.Param)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), *no_bad_steps())
 
   return jax.jit(init, out_shardings=shardings)

@@ -17,98 +17,84 @@ MLM masks are drawn inside the jitted step from a key folded from (seed, step): 
 no host work per step. Evaluation masks are drawn once, so eval numbers compare across steps.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from etils import epath
 
-from llm_jax import config as config_lib
-from llm_jax import data, models, storage
+from llm_jax import data, rundir
 from llm_jax.data import labelled, loader, sources
-from llm_jax.data import tokenizer as tokenizer_lib
-from llm_jax.models import gpt
-from llm_jax.models.bert import BERTConfig
-from llm_jax.models.classifier import ClassifierConfig, backbone_params
+from llm_jax.errors import ConfigError, MissingFile, check, choice
+from llm_jax.models import configs as model_configs
+from llm_jax.models.classifier import backbone_params
+from llm_jax.models.configs import BERTConfig, ClassifierConfig
+from llm_jax.train.losses import (
+  accuracy,
+  cross_entropy,
+  lm_eval,
+  lm_loss,
+  mask_tokens,
+  mlm_predictions,
+  replacement_ids,
+)
 
-ENCODER_SPECIALS = 2  # [CLS] and [MASK], given the ids after the tokenizer's vocabulary
-
-
-def model_vocab(model_name: str, tok) -> int:
-  """Ids the model must embed: the tokenizer's, plus [CLS] and [MASK] for encoders whose
-  tokenizer lacks them."""
-  appended = model_name == 'bert' and tok.cls_id is None
-  return tok.vocab_size + (ENCODER_SPECIALS if appended else 0)
-
-
-def encoder_ids(tok) -> tuple[int, int]:
-  """An encoder's ([CLS], [MASK]) ids: the tokenizer's own, else the two after its vocabulary."""
-  if tok.cls_id is not None:
-    return tok.cls_id, tok.mask_id
-  return tok.vocab_size, tok.vocab_size + 1
+TASKS = ('lm', 'mlm', 'classify')
+PRETRAINING = {'gpt': 'lm', 'bert': 'mlm'}  # each model family's own objective
+LABELLED_SOURCES = ('genre', 'jsonl', 'tfds')  # source schemes that carry labels
 
 
-def model_config(model_section, tok):
-  """The pretraining model's dataclass config, its vocabulary checked against the tokenizer."""
-  needed = model_vocab(model_section.name, tok)
-  model_cfg = models.model_config(model_section, needed)
-  if model_cfg.vocab_size < needed:
-    raise config_lib.ConfigError(
-      f'model.vocab_size={model_section.vocab_size} is smaller than the {needed} ids the'
-      f' {tok.kind} tokenizer needs'
-    )
-  return model_cfg
+def task_name(cfg) -> str:
+  """The objective `cfg` trains: train.task, or the model family's pretraining objective."""
+  return cfg.train.task or PRETRAINING[cfg.model.name]
 
 
-def cross_entropy(logits, labels, weights=None):
-  """Mean cross-entropy in nats over the positions where `weights` (default: all) are nonzero."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  if weights is None:
-    return losses.mean()
-  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1)
-
-
-def accuracy(logits, labels, weights):
-  hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  return (hits * weights).sum() / jnp.maximum(weights.sum(), 1)
-
-
-def replacement_ids(vocab: int, never) -> np.ndarray:
-  """The ids below `vocab` that MLM's random replacement may draw: all but those in `never`."""
-  return np.setdiff1d(np.arange(vocab), np.asarray(never)).astype(np.int32)
-
-
-def mask_tokens(key, tokens, *, rate: float, mask_id: int, replacements, never):
-  """BERT's corruption: (inputs, chosen). Each token outside `never` is chosen with probability
-  `rate`; a chosen token becomes `mask_id` (80%), an id drawn from `replacements` (10%), or
-  stays (10%)."""
-  choose_key, how_key, random_key = jax.random.split(key, 3)
-  allowed = ~jnp.isin(tokens, jnp.asarray(never))
-  chosen = allowed & (jax.random.uniform(choose_key, tokens.shape) < rate)
-  how = jax.random.uniform(how_key, tokens.shape)
-  replacements = jnp.asarray(replacements)
-  random_ids = replacements[jax.random.randint(random_key, tokens.shape, 0, len(replacements))]
-  corrupted = jnp.where(how < 0.8, mask_id, jnp.where(how < 0.9, random_ids, tokens))
-  return jnp.where(chosen, corrupted, tokens), chosen
+def validate(cfg) -> None:
+  """Checks the task settings (`train.task`, `train.mask_rate`, `train.loss_chunk`) against
+  the model and data they train."""
+  t, m = cfg.train, cfg.model
+  choice(t.task, 'train.task', ('', *TASKS))
+  task = task_name(cfg)
+  check(
+    task == 'classify' or task == PRETRAINING[m.name],
+    f'train.task={task!r} does not train a {m.name} (its objective is {PRETRAINING[m.name]!r})',
+  )
+  check(0 < t.mask_rate < 1, f'train.mask_rate={t.mask_rate} must be in (0, 1)')
+  check(
+    task != 'mlm' or cfg.data.seq_len >= 2,
+    f'data.seq_len={cfg.data.seq_len}: mlm needs at least 2 ([CLS] and one token to predict)',
+  )
+  scheme = cfg.data.source.partition(':')[0]
+  check(
+    task != 'classify' or (scheme in LABELLED_SOURCES and not cfg.data.path),
+    f'data.source={cfg.data.source!r}: classification needs labelled data:'
+    f' {", ".join(LABELLED_SOURCES)}',
+  )
+  check(
+    not (m.name == 'bert' and cfg.data.segment_ids),
+    'data.segment_ids is for decoders (model.name=gpt); bert reads whole windows',
+  )
+  check(
+    t.loss_chunk == 0 or cfg.data.seq_len % t.loss_chunk == 0,
+    f'train.loss_chunk={t.loss_chunk} must divide data.seq_len={cfg.data.seq_len} (0: off)',
+  )
+  check(
+    t.loss_chunk == 0 or task == 'lm',
+    f'train.loss_chunk is for language models (train.task=lm), not {task}',
+  )
 
 
 class Task:
   """A task's data, model config and objective. Subclasses fill in the attributes."""
 
   name: str
-  tokenizer: tokenizer_lib.Tokenizer
-  model_cfg: object  # what `models.build` takes
+  tokenizer: data.Tokenizer
+  model_cfg: object  # what `registry.build` takes
   perf_cfg: object  # the transformer whose FLOPs count (the backbone for a classifier)
   scored: float = 1.0  # share of positions whose vocabulary logits are computed (perf.py)
   origin: str  # where the data came from, for the log
-  train_batches: object  # (step, rows) -> dict of this process's rows of the global batch
+  train_batches: object  # loader.WindowBatches or ExampleBatches: shapes(B), (step, rows)
   eval_set: list  # global evaluation batches (numpy)
-
-  def shapes(self, batch_size: int) -> dict[str, tuple]:
-    """Global shape of each training batch array."""
-    raise NotImplementedError
 
   def describe(self) -> str:
     """One line on the data, for the log."""
@@ -139,50 +125,12 @@ class Task:
     return restore(self.model_cfg)
 
 
-def chunked_cross_entropy(model, hidden, targets, chunk: int):
-  """Mean cross-entropy of GPT's tied output projection on hidden states (B, T, C), `chunk`
-  positions at a time. Each chunk's logits are recomputed in the backward pass, so neither pass
-  holds more than (B, chunk, V) fp32 logits, where the plain loss holds (B, T, V)."""
-  b, t, c = hidden.shape
-  split = lambda x: x.reshape(b, t // chunk, chunk, *x.shape[2:]).swapaxes(0, 1)
-
-  @jax.checkpoint
-  def chunk_loss(h, y):  # h (B, chunk, C)
-    logits = gpt.tied_logits(model.wte, h)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-
-  add = lambda total, xy: (total + chunk_loss(*xy), None)
-  total, _ = jax.lax.scan(add, jnp.zeros((), jnp.float32), (split(hidden), split(targets)))
-  return total / targets.size
-
-
-def lm_loss(model, batch, key, rngs, *, chunk: int = 0):
-  """(next-token cross-entropy, ({}, targets scored)); `segment_ids` and `positions` in the batch
-  when packed.
-
-  `chunk` > 0: the loss goes `chunk` positions at a time (`chunked_cross_entropy`).
-  """
-  del key
-  inputs = dict(segment_ids=batch.get('segment_ids'), positions=batch.get('positions'), rngs=rngs)
-  weight = jnp.float32(batch['targets'].size)
-  if chunk:
-    hidden = model.hidden(batch['inputs'], **inputs)
-    return chunked_cross_entropy(model, hidden, batch['targets'], chunk), ({}, weight)
-  return cross_entropy(model(batch['inputs'], **inputs), batch['targets']), ({}, weight)
-
-
-def lm_eval(model, batch, *, chunk: int = 0):
-  loss, (_, weight) = lm_loss(model, batch, None, None, chunk=chunk)
-  return {'loss': loss}, weight
-
-
 class PretrainingTask(Task):
   """A task over a token stream: the data and model of `cfg`."""
 
   def __init__(self, cfg, dataset: data.Dataset):
     self.dataset, self.tokenizer, self.origin = dataset, dataset.tokenizer, dataset.origin
-    self.seq_len = cfg.data.seq_len
-    self.model_cfg = self.perf_cfg = model_config(cfg.model, self.tokenizer)
+    self.model_cfg = self.perf_cfg = model_configs.for_tokenizer(cfg.model, self.tokenizer)
 
   def describe(self):
     tok = self.tokenizer
@@ -200,11 +148,9 @@ class LanguageModel(PretrainingTask):
     super().__init__(cfg, dataset)
     d, t = cfg.data, cfg.train
     eos = self.tokenizer.eos_id if d.segment_ids else None
-    batches = loader.TrainBatches(
+    self.train_batches = loader.WindowBatches(
       dataset.train, batch_size=t.batch_size, seq_len=d.seq_len, seed=t.seed, eos_id=eos
     )
-    self.keys = batches.keys
-    self.train_batches = lambda step, rows: batches(step, rows).arrays()
     held_out = loader.eval_batches(
       dataset.validation,
       num_batches=cfg.eval.batches,
@@ -215,21 +161,11 @@ class LanguageModel(PretrainingTask):
     self.eval_set = [b.arrays() for b in held_out]
     self.loss_chunk = t.loss_chunk
 
-  def shapes(self, batch_size):
-    return dict.fromkeys(self.keys, (batch_size, self.seq_len))
-
   def loss(self, model, batch, key, rngs):
     return lm_loss(model, batch, key, rngs, chunk=self.loss_chunk)
 
   def evaluate(self, model, batch):
     return lm_eval(model, batch, chunk=self.loss_chunk)
-
-
-def mlm_predictions(seq_len: int, rate: float) -> int:
-  """Positions scored per MLM row: the expected number chosen plus 4 standard deviations. A row
-  with more (probability below 1e-4) leaves the excess out of its loss."""
-  mean = rate * seq_len
-  return min(seq_len, math.ceil(mean + 4 * math.sqrt(mean * (1 - rate))) + 1)
 
 
 class MaskedLanguageModel(PretrainingTask):
@@ -239,17 +175,16 @@ class MaskedLanguageModel(PretrainingTask):
     super().__init__(cfg, dataset)
     d, t = cfg.data, cfg.train
     tok = self.tokenizer
-    self.cls_id, self.mask_id = encoder_ids(tok)
+    self.cls_id, self.mask_id = model_configs.encoder_ids(tok)
     self.predictions = mlm_predictions(d.seq_len, t.mask_rate)
     self.scored = self.predictions / d.seq_len
     never = tuple(sorted({self.cls_id, self.mask_id, *tok.special_ids()}))
     replacements = replacement_ids(tok.vocab_size, never)
     self.mask = dict(rate=t.mask_rate, mask_id=self.mask_id, replacements=replacements, never=never)
     # seq_len - 1 text tokens per row; the step puts [CLS] in front.
-    batches = loader.TrainBatches(
-      dataset.train, batch_size=t.batch_size, seq_len=d.seq_len - 1, seed=t.seed
+    self.train_batches = loader.WindowBatches(
+      dataset.train, keys=('inputs',), batch_size=t.batch_size, seq_len=d.seq_len - 1, seed=t.seed
     )
-    self.train_batches = lambda step, rows: {'inputs': batches(step, rows).inputs}
     held_out = loader.eval_batches(
       dataset.validation,
       num_batches=cfg.eval.batches,
@@ -273,9 +208,6 @@ class MaskedLanguageModel(PretrainingTask):
       'targets': np.asarray(tokens),
       'weights': np.asarray(chosen, np.float32),
     }
-
-  def shapes(self, batch_size):
-    return {'inputs': (batch_size, self.seq_len - 1)}
 
   def _scored(self, model, inputs, targets, weights, rngs):
     """(loss, ({'mlm_accuracy'}, positions scored)) over the chosen positions, with logits
@@ -301,9 +233,9 @@ class MaskedLanguageModel(PretrainingTask):
 def _init_config(source: str):
   """The config of the run or export in `source`, for ckpt.init_from."""
   try:
-    return config_lib.read_run(source)
+    return rundir.read_config(source)
   except FileNotFoundError as e:
-    raise FileNotFoundError(f'ckpt.init_from={source}: {e}') from None
+    raise MissingFile(f'ckpt.init_from={source}: {e}') from None
 
 
 def classifier_backbone(cfg, init_cfg, tok):
@@ -313,11 +245,11 @@ def classifier_backbone(cfg, init_cfg, tok):
   if init_cfg is not None:
     section = init_cfg.model
     section.unlock()
-    for key in config_lib.SHAPE_FREE_MODEL_KEYS:
+    for key in model_configs.SHAPE_FREE_KEYS:
       section[key] = cfg.model[key]
-  backbone = model_config(section, tok)
+  backbone = model_configs.for_tokenizer(section, tok)
   if cfg.data.seq_len > backbone.block_size:
-    raise config_lib.ConfigError(
+    raise ConfigError(
       f'data.seq_len={cfg.data.seq_len} is longer than the position table of the'
       f' {"model" if init_cfg is None else "ckpt.init_from"} model'
       f' (block_size={backbone.block_size})'
@@ -328,8 +260,8 @@ def classifier_backbone(cfg, init_cfg, tok):
 def run_model_config(cfg, tok):
   """The model a run of `cfg` trains, from its tokenizer and config alone (a classifier also
   reads its class names): what `export` rebuilds without loading the run's data."""
-  if config_lib.task_name(cfg) != 'classify':
-    return model_config(cfg.model, tok)
+  if task_name(cfg) != 'classify':
+    return model_configs.for_tokenizer(cfg.model, tok)
   init_cfg = _init_config(cfg.ckpt.init_from) if cfg.ckpt.init_from else None
   names = labelled.classes(sources.open_source(cfg.data), cfg.data.classes)
   return ClassifierConfig(classifier_backbone(cfg, init_cfg, tok), len(names))
@@ -346,10 +278,10 @@ class Classification(Task):
     source = sources.open_source(d)
     self.origin = d.source
     init = cfg.ckpt.init_from
-    saved = workdir / data.TOKENIZER_FILE if workdir else None
+    saved = rundir.path(workdir, rundir.TOKENIZER) if workdir else None
     if init:
       init_cfg = _init_config(init)
-      self.tokenizer = tokenizer_lib.load(storage.path(init) / data.TOKENIZER_FILE)
+      self.tokenizer = rundir.read_tokenizer(init)
       if saved and write:
         self.tokenizer.save(saved)
     else:
@@ -360,8 +292,7 @@ class Classification(Task):
     self.model_cfg = ClassifierConfig(backbone, len(self.classes))
     self.perf_cfg = backbone
     self.scored = 0.0  # class logits from one pooled vector: no vocabulary projection
-    self.seq_len = d.seq_len
-    cls_id = encoder_ids(self.tokenizer)[0] if self.family == 'bert' else None
+    cls_id = model_configs.encoder_ids(self.tokenizer)[0] if self.family == 'bert' else None
     encode = lambda split: labelled.encode(
       source, split, self.tokenizer, self.classes, seq_len=d.seq_len, cls_id=cls_id
     )
@@ -379,13 +310,6 @@ class Classification(Task):
       f' classes {", ".join(self.classes)}; {self.family} backbone, {self.tokenizer.kind}'
       f' tokenizer ({self.tokenizer.vocab_size} ids)'
     )
-
-  def shapes(self, batch_size):
-    return {
-      'inputs': (batch_size, self.seq_len),
-      'lengths': (batch_size,),
-      'labels': (batch_size,),
-    }
 
   def loss(self, model, batch, key, rngs):
     del key
@@ -429,7 +353,7 @@ class Classification(Task):
 def make(cfg, workdir: epath.Path | None, *, write: bool = True) -> Task:
   """The task `cfg` trains, with its data loaded and the tokenizer `workdir` holds, if any (kept
   there when `write`: the run's process 0)."""
-  name = config_lib.task_name(cfg)
+  name = task_name(cfg)
   if name == 'classify':
     return Classification(cfg, workdir, write)
   dataset = data.load(cfg.data, workdir, write=write)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm_jax.models.gpt import DTYPES, KVCache
+from llm_jax.errors import check
+from llm_jax.models.layers import DTYPES, KVCache
 
 
 def allowed_logits(logits, *, temperature: float, top_k: int, top_p: float, vocab_size: int):
@@ -148,3 +149,16 @@ def generate(
   )
   rows = np.asarray(out).tolist()
   return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+
+def validate_sampling(s, prefix: str, vocab_size: int | None = None) -> None:
+  """Checks sampling settings (`sample.*` of a config, or `sample`'s flags with prefix '--');
+  top_k against the tokenizer's `vocab_size` when it is known."""
+  check(s.max_new_tokens >= 0, f'{prefix}max_new_tokens={s.max_new_tokens} must be >= 0')
+  check(s.temperature >= 0, f'{prefix}temperature={s.temperature} must be >= 0 (0: greedy)')
+  check(0 < s.top_p <= 1, f'{prefix}top_p={s.top_p} must be in (0, 1] (1: all ids)')
+  check(s.top_k >= 0, f'{prefix}top_k={s.top_k} must be >= 0 (0: all ids)')
+  check(
+    vocab_size is None or s.top_k <= vocab_size,
+    f'{prefix}top_k={s.top_k} is more than the {vocab_size} ids of the tokenizer',
+  )

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from llm_jax import checkpoint
 
-BLOCKS = 'blocks'  # the models' name for their layers (gpt.make_blocks)
+BLOCKS = 'blocks'  # the models' name for their layers (layers.make_blocks)
 
 
 def stacked(saved_config: dict) -> bool:

@@ -10,9 +10,9 @@ import math
 
 import jax
 
-from llm_jax import config as config_lib
-from llm_jax import sharding, storage
-from llm_jax.train import loop, tasks
+from llm_jax import rundir, storage
+from llm_jax.inference.load import load_params
+from llm_jax.train.trainer import Trainer
 
 
 def _text_sizes(tokenizer, eval_set) -> tuple[int, int, int]:
@@ -25,7 +25,7 @@ def _text_sizes(tokenizer, eval_set) -> tuple[int, int, int]:
 def evaluate(workdir, *, source: str = '', batches: int = 0) -> dict:
   """The eval_* metrics of `workdir`'s newest checkpoint; `source` replaces the run's data and
   `batches` its number of evaluation batches (0: the run's own)."""
-  cfg = config_lib.read_run(workdir)
+  cfg = rundir.read_config(workdir)
   if source:
     cfg.data.update(source=source, path='')
   if batches:
@@ -34,22 +34,19 @@ def evaluate(workdir, *, source: str = '', batches: int = 0) -> dict:
   # host need not have the devices (nor the mesh) the run trained on.
   devices = jax.devices()[: math.gcd(jax.device_count(), cfg.eval.batch_size)]
   cfg.mesh.update(data=len(devices), fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
-  config_lib.validate(cfg, len(devices), jax.default_backend(), training=False)
   # The run's saved tokenizer, whatever the source; a reader writes nothing into the run.
-  task = tasks.make(cfg, storage.path(workdir), write=False)
-  mesh = sharding.make_mesh(cfg.mesh, devices)
-  steps = loop.build_steps(cfg, task.model_cfg, mesh, task.loss, task.evaluate)
-  step, params = loop.load_params(
+  trainer = Trainer(cfg, storage.path(workdir), devices, training=False)
+  task = trainer.task
+  step, params = load_params(
     workdir,
     task.model_cfg,
-    mesh,
+    trainer.mesh,
     cfg.mesh.rules,
     what='eval --workdir',
-    target=steps.abstract.params,
+    target=trainer.steps.abstract.params,
   )
-  outputs = [steps.eval(params, loop.put_batch(b, mesh, cfg.mesh.rules)) for b in task.eval_set]
   result = {'step': step, 'data': source or cfg.data.path or cfg.data.source}
-  result.update(task.summarize(jax.device_get(outputs)))
+  result.update(trainer.evaluate(params))
   if task.name == 'lm':
     tokens, chars, nbytes = _text_sizes(task.tokenizer, task.eval_set)
     bits = result['eval_loss'] * tokens / math.log(2)
