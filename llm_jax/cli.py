@@ -13,7 +13,7 @@ import pathlib
 import sys
 
 from llm_jax import config
-from llm_jax.errors import UserError
+from llm_jax.errors import NonFiniteError, UserError
 
 CONFIG_PREFIX = config.OVERRIDE_PREFIX
 
@@ -310,28 +310,40 @@ COMMANDS = {
 }
 
 
+WITHOUT_JAX = ('compare', 'launch')  # commands that never start a JAX backend
+
+
 def parser() -> argparse.ArgumentParser:
   """The `llm-jax` parser: one subcommand per entry of COMMANDS."""
-  top = _Parser(prog='llm-jax', description='Pretrain, evaluate and use GPT and BERT models.')
+  top = _Parser(
+    prog='llm-jax',
+    description='Pretrain, evaluate and use GPT and BERT models.',
+    epilog='llm-jax COMMAND -h lists its flags. For example: llm-jax train --config'
+    ' configs/gpt_tiny.py --workdir runs/tiny --config.train.steps=500',
+  )
+  # Subparsers are _Parsers too: every command's bad input is a one-line UsageError.
   sub = top.add_subparsers(dest='command', metavar='COMMAND')
   for name, (help_text, add_flags, _, takes_config) in COMMANDS.items():
     extra = ' [--config.KEY=VALUE ...]' if takes_config else ''
     p = sub.add_parser(name, help=help_text, description=help_text + extra, allow_abbrev=False)
-    p.error = _Parser.error.__get__(p)  # every subcommand's bad input is a one-line UsageError
     add_flags(p)
   return top
 
 
 def _run(command: str, args: list[str]) -> int:
   """Parses `args` for `command` and runs it."""
-  from llm_jax import distributed, runtime
-
   _, _, function, takes_config = COMMANDS[command]
   a, extra = parser().parse_known_args([command, *args])
+  if command not in WITHOUT_JAX:
+    from llm_jax import runtime
+
+    runtime.select_platforms()  # before any backend starts: no plugin noise without hardware
   if not takes_config:
     if extra:
       raise UsageError(f'unknown flag: {extra[0].split("=", 1)[0]}')
     return function(a)
+  from llm_jax import distributed, runtime
+
   cfg = config.load(a.config, _overrides(extra))
   if command == 'bench':  # bench times compilation; a cached program would time a file read
     cfg.xla.cache_dir = ''
@@ -350,10 +362,6 @@ def main(argv=None) -> int:
     print(f'llm-jax: unknown command {command!r}', file=sys.stderr)
     parser().print_help(sys.stderr)
     return 2
-  from llm_jax import runtime
-  from llm_jax.train.hooks import NonFiniteError
-
-  runtime.select_platforms()  # before any backend starts: no plugin noise without hardware
   try:
     return _run(command, argv[2:])
   except UserError as e:

@@ -10,6 +10,11 @@ class UserError(Exception):
   """Bad input: a config value, a file, a flag. The message is shown as is, on one line."""
 
 
+class NonFiniteError(RuntimeError):
+  """Training met a non-finite loss or gradient under train.on_nonfinite='halt' (exit status 1:
+  not bad input, but a run that cannot go on; the last good checkpoint is kept)."""
+
+
 class MissingFile(UserError, FileNotFoundError):
   """A file or directory the input names is not there; the message names it."""
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm_jax import checkpoint, compare, config, sharding
+from llm_jax import checkpoint, compare, config, errors, sharding
 from llm_jax.data import loader
 from llm_jax.data.tokens import TokenStream
 from llm_jax.models import configs as model_configs
@@ -164,7 +164,7 @@ def test_a_nonfinite_step_halts_and_keeps_the_last_good_checkpoint(tmp_path, mon
   _poison_step(monkeypatch, bad_step=7)  # the 8th update
   cfg = tiny_config(steps=20, log_every=5)
   cfg.ckpt.every_steps = 5
-  with pytest.raises(hooks.NonFiniteError, match=r'step 8: loss is not finite.*checkpoints/5$'):
+  with pytest.raises(errors.NonFiniteError, match=r'step 8: loss is not finite.*checkpoints/5$'):
     loop.train(cfg, tmp_path)
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['5']
 

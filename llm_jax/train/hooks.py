@@ -16,12 +16,9 @@ import time
 import jax
 
 from llm_jax import perf
+from llm_jax.errors import NonFiniteError
 
 clock = time.perf_counter  # the step timer's (tests give it a clock of their own)
-
-
-class NonFiniteError(RuntimeError):
-  """Training met a non-finite loss or gradient under train.on_nonfinite='halt'."""
 
 
 class TrainClock:

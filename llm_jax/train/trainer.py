@@ -32,11 +32,6 @@ def batch_sharding(mesh, rules=DEFAULT_RULES, ndim: int = 2):
   return sharding.named_sharding(mesh, ('batch', 'length')[:ndim], rules)
 
 
-def put_batch(batch: dict, mesh, rules) -> dict:
-  """A whole batch held by this one process, placed with its rows over the data axes."""
-  return {k: jax.device_put(v, batch_sharding(mesh, rules, v.ndim)) for k, v in batch.items()}
-
-
 class Steps(NamedTuple):
   """A model's training state layout and its jitted functions."""
 
