@@ -1,4 +1,4 @@
-"""Training tasks: what a batch holds, what the step minimises, what evaluation reports.
+"""Training tasks: what the step minimises and what evaluation reports, over batches from data.
 
   lm        GPT pretraining: next-token cross-entropy over packed windows
   mlm       BERT pretraining: `train.mask_rate` of the tokens are chosen (80% become [MASK],
@@ -8,7 +8,8 @@
             accuracy and macro-F1
 
 The loop, sharding, checkpoints and tracking are the same for every task; a task supplies the model
-config, the batches, `loss` for the jitted train step and `evaluate` for the jitted eval step.
+config, its batches (`data.loader`'s WindowBatches or ExampleBatches, one protocol), `loss` for
+the jitted train step and `evaluate` for the jitted eval step (pure functions in `losses.py`).
 Both return their means with the weight behind them, the number of scored tokens or examples
 (`(loss, (metrics, weight))` and `(metrics, weight)`), so that gradient accumulation and
 evaluation summaries weigh every token alike whatever its batch (MLM chooses a different number
